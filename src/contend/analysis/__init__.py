@@ -1,0 +1,1 @@
+"""Pure functions from collected data to metrics, verdicts and comparisons. No kernel access."""

@@ -1,0 +1,237 @@
+"""From an arm's snapshots and requests to its metrics (procfs-sampled data)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from contend.analysis.thresholds import FAIRNESS_MIN_SHARE
+from contend.model import (
+    SAMPLED,
+    UNAVAILABLE,
+    ArmMetrics,
+    ArmRecord,
+    LatencySummary,
+    ProcessIO,
+    RequestMetrics,
+    RequestSample,
+    Snapshot,
+    SwitchRates,
+    TaskStat,
+)
+
+CLOCK_TICKS_DEFAULT = 100
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
+    if not sorted_values:
+        return None
+    if len(sorted_values) == 1:
+        return float(sorted_values[0])
+    rank = (len(sorted_values) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(sorted_values) - 1)
+    frac = rank - low
+    return float(sorted_values[low] + (sorted_values[high] - sorted_values[low]) * frac)
+
+
+def jain_index(values: Sequence[float]) -> float | None:
+    """Jain's fairness index: (sum x)^2 / (n * sum x^2); 1 is perfectly even, 1/n is one
+    taker of everything. None for no values or all zeros."""
+    if not values:
+        return None
+    square_sum = sum(v * v for v in values)
+    if square_sum == 0:
+        return None
+    return sum(values) ** 2 / (len(values) * square_sum)
+
+
+def request_metrics(requests: Sequence[RequestSample], duration_s: float) -> RequestMetrics:
+    ok = sorted(r.latency_ns / 1e6 for r in requests if 200 <= r.status < 300)
+    errors = sum(1 for r in requests if not 200 <= r.status < 300)
+    return RequestMetrics(
+        count=len(requests),
+        errors=errors,
+        throughput_per_s=len(ok) / duration_s if duration_s > 0 else None,
+        latency_ms=LatencySummary(
+            p50=percentile(ok, 50),
+            p95=percentile(ok, 95),
+            p99=percentile(ok, 99),
+            max=ok[-1] if ok else None,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDelta:
+    """What one thread did within the window."""
+
+    pid: int
+    tid: int
+    comm: str
+    cpu_ns: int
+    voluntary_switches: int
+    involuntary_switches: int
+    on_cpu_ns: int | None
+    run_queue_wait_ns: int | None
+    slices: int | None
+
+
+def _sub(last: int | None, first: int | None) -> int | None:
+    if last is None or first is None:
+        return None
+    return max(last - first, 0)
+
+
+def task_deltas(snapshots: Sequence[Snapshot], clock_ticks: int) -> list[TaskDelta]:
+    """Per-thread deltas between its first and last observation in the window.
+
+    A thread absent from the first snapshot was born inside the window: all of its
+    counters count. A thread that vanished keeps its last observed counters.
+    """
+    if not snapshots:
+        return []
+    first_seen: dict[tuple[int, int], TaskStat] = {t.key: t for t in snapshots[0].tasks}
+    last_seen: dict[tuple[int, int], TaskStat] = {}
+    for snap in snapshots:
+        for t in snap.tasks:
+            last_seen[t.key] = t
+    out = []
+    for key, last in last_seen.items():
+        first = first_seen.get(key)
+        if first is None:
+            first = TaskStat(
+                pid=last.pid, tid=last.tid, comm=last.comm, start_ticks=last.start_ticks,
+                utime_ticks=0, stime_ticks=0, voluntary_switches=0, involuntary_switches=0,
+                on_cpu_ns=0 if last.on_cpu_ns is not None else None,
+                run_queue_wait_ns=0 if last.run_queue_wait_ns is not None else None,
+                slices=0 if last.slices is not None else None,
+            )  # fmt: skip
+        on_cpu = _sub(last.on_cpu_ns, first.on_cpu_ns)
+        ticks = (last.utime_ticks + last.stime_ticks) - (first.utime_ticks + first.stime_ticks)
+        out.append(
+            TaskDelta(
+                pid=last.pid,
+                tid=last.tid,
+                comm=last.comm,
+                # schedstat's ns clock is far finer than the 10 ms ticks of stat.
+                cpu_ns=on_cpu if on_cpu is not None else max(ticks, 0) * 1_000_000_000 // clock_ticks,
+                voluntary_switches=max(last.voluntary_switches - first.voluntary_switches, 0),
+                involuntary_switches=max(last.involuntary_switches - first.involuntary_switches, 0),
+                on_cpu_ns=on_cpu,
+                run_queue_wait_ns=_sub(last.run_queue_wait_ns, first.run_queue_wait_ns),
+                slices=_sub(last.slices, first.slices),
+            )
+        )
+    return out
+
+
+def io_syscalls(snapshots: Sequence[Snapshot], pids: set[int]) -> int | None:
+    """syscr + syscw made by `pids` within the window, or None if never readable."""
+    first: dict[tuple[int, int], ProcessIO] = {i.key: i for i in snapshots[0].io} if snapshots else {}
+    last: dict[tuple[int, int], ProcessIO] = {}
+    for snap in snapshots:
+        for i in snap.io:
+            if i.pid in pids:
+                last[i.key] = i
+    if not last:
+        return None
+    total = 0
+    for key, io in last.items():
+        base = first.get(key)
+        total += (io.syscr + io.syscw) - ((base.syscr + base.syscw) if base else 0)
+    return total
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def _sum_optional(values: Sequence[int | None]) -> int | None:
+    if not values or any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None)
+
+
+def arm_metrics(arm: ArmRecord, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> ArmMetrics:
+    snaps = arm.snapshots
+    window_s = (snaps[-1].t_ns - snaps[0].t_ns) / 1e9 if len(snaps) >= 2 else 0.0
+    deltas = task_deltas(snaps, clock_ticks)
+    role_of = arm.roles
+
+    cpu_by_pid: dict[int, int] = defaultdict(int)
+    cpu_by_role: dict[str, int] = defaultdict(int)
+    for d in deltas:
+        cpu_by_pid[d.pid] += d.cpu_ns
+        cpu_by_role[role_of.get(d.pid, "other")] += d.cpu_ns
+    total_cpu = sum(cpu_by_role.values())
+
+    target = [d for d in deltas if role_of.get(d.pid) == arm.target_role]
+    voluntary = sum(d.voluntary_switches for d in target)
+    involuntary = sum(d.involuntary_switches for d in target)
+    on_cpu = _sum_optional([d.on_cpu_ns for d in target])
+    wait = _sum_optional([d.run_queue_wait_ns for d in target])
+    slices = _sum_optional([d.slices for d in target])
+
+    per_s = (lambda v: v / window_s) if window_s > 0 else (lambda v: None)
+
+    busy = [ns for ns in cpu_by_pid.values() if total_cpu and ns >= FAIRNESS_MIN_SHARE * total_cpu]
+
+    first_cg, last_cg = snaps[0].cgroup_cpu if snaps else None, snaps[-1].cgroup_cpu if snaps else None
+    throttled_ratio = throttled_ms = None
+    if first_cg is not None and last_cg is not None and arm.cpu_limit is not None:
+        periods = last_cg.nr_periods - first_cg.nr_periods
+        throttled_ratio = (last_cg.nr_throttled - first_cg.nr_throttled) / periods if periods else 0.0
+        throttled_ms = per_s((last_cg.throttled_ns - first_cg.throttled_ns) / 1e6)
+
+    def psi_pct(attr: str, which: str) -> float | None:
+        a = getattr(snaps[0], attr) if snaps else None
+        b = getattr(snaps[-1], attr) if snaps else None
+        if a is None or b is None or window_s <= 0:
+            return None
+        x, y = getattr(a, which), getattr(b, which)
+        if x is None or y is None:
+            return None
+        return 100.0 * (y - x) / 1e6 / window_s
+
+    target_pids = {pid for pid, role in role_of.items() if role == arm.target_role}
+    syscalls = io_syscalls(snaps, target_pids)
+
+    sources = {
+        "context_switches_per_s": SAMPLED + ": /proc/PID/task/TID/status",
+        "avg_on_cpu_slice_us": SAMPLED + ": /proc/PID/task/TID/schedstat",
+        "run_queue_wait_per_slice_us": SAMPLED + ": /proc/PID/task/TID/schedstat",
+        "avg_syscall_time_us": UNAVAILABLE + ": procfs has no syscall latency (needs bpftrace or tracefs)",
+        "syscalls_per_s": SAMPLED + ": /proc/PID/io syscr+syscw (read- and write-like calls only)",
+        "throttled_period_ratio": SAMPLED + ": cgroup cpu.stat",
+        "psi_cpu_some_pct": SAMPLED + ": /proc/pressure/cpu total",
+        "psi_cgroup_cpu_some_pct": SAMPLED + ": cgroup cpu.pressure total",
+    }
+    return ArmMetrics(
+        duration_s=window_s,
+        requests=request_metrics(arm.requests, arm.duration_s),
+        context_switches_per_s=SwitchRates(per_s(voluntary), per_s(involuntary)),
+        avg_on_cpu_slice_us=_ratio(on_cpu / 1e3 if on_cpu is not None else None, slices),
+        run_queue_wait_per_slice_us=_ratio(wait / 1e3 if wait is not None else None, slices),
+        wait_to_run_ratio=_ratio(wait, on_cpu),
+        avg_syscall_time_us=None,
+        syscalls_per_s=per_s(syscalls) if syscalls is not None else None,
+        cpu_cores={role: ns / 1e9 / window_s for role, ns in sorted(cpu_by_role.items())}
+        if window_s > 0
+        else {},
+        cpu_share={role: ns / total_cpu for role, ns in sorted(cpu_by_role.items())}
+        if total_cpu
+        else {},
+        fairness_index=jain_index(busy),
+        throttled_period_ratio=throttled_ratio,
+        throttled_ms_per_s=throttled_ms,
+        psi_cpu_some_pct=psi_pct("psi_system", "some_us"),
+        psi_cgroup_cpu_some_pct=psi_pct("psi_cgroup", "some_us"),
+        psi_cgroup_cpu_full_pct=psi_pct("psi_cgroup", "full_us"),
+        sources=sources,
+    )

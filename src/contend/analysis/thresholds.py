@@ -1,0 +1,36 @@
+"""Every threshold the verdicts use, in one place, with the measurements behind it.
+
+Calibrated on this project's reference machine (2 vCPU VM, kernel 6.18, Flask under
+gunicorn 1 worker x 4 threads, 2 noise processes; shared/facts/measurements.md):
+
+| signal (of the app)            | alone        | + noise     | + noise, 0.5-CPU quota |
+|--------------------------------|--------------|-------------|------------------------|
+| run-queue wait / on-CPU time   | 0.04 - 0.30  | 0.68 - 1.23 | 5.6 - 21.9             |
+| system PSI cpu some            | 3 - 14 %     | 54 - 64 %   | 88 - 89 %              |
+| cgroup PSI cpu full            | 1 %          | 1 %         | 75 %                   |
+| throttled periods              | 0 %          | 0 %         | 100 %                  |
+
+Context switches/s and average slice length did not separate the conditions (a threaded
+server switches 270-1900 times/s uncontended and fewer times under contention), so no
+verdict uses them.
+"""
+
+# Wait-to-run: a task that waits half as long as it runs is contended; twice as long, severely.
+WAIT_TO_RUN_CONTENDED = 0.5
+WAIT_TO_RUN_SEVERE = 2.0
+
+# Share of CFS periods in which the group hit its quota.
+THROTTLED_PERIODS_NOTABLE = 0.25
+
+# PSI, percent of wall time (from `total` deltas).
+PSI_SYSTEM_SOME_NOTABLE = 40.0
+PSI_CGROUP_FULL_NOTABLE = 20.0
+
+# A row "separates" the arms when the contention value is at least this many times the
+# baseline value (or, for percentages, this many points above it).
+SEPARATION_FACTOR = 2.0
+SEPARATION_POINTS = 20.0
+
+# A process counts in the fairness index when it used at least this share of the CPU the
+# sandbox used (so an idle gunicorn master does not read as "unfair").
+FAIRNESS_MIN_SHARE = 0.01

@@ -1,0 +1,81 @@
+"""The `contend` command: argument parsing and wiring only, one module per subcommand.
+
+`main()` returns an exit code. Every error the user can cause ends as one line on stderr
+(`contend: error: ...`) and a non-zero code, never a traceback. SIGTERM is turned into an
+exception in the main thread so that cleanup runs exactly as on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import types
+
+import click
+
+from contend import __version__
+from contend.cli import doctor, lab
+from contend.errors import (
+    EXIT_ERROR,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_USAGE,
+    ContendError,
+    Terminated,
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="contend")
+def cli() -> None:
+    """Is this process, service or container starved of CPU, how badly, and by what?"""
+
+
+cli.add_command(doctor.command)
+cli.add_command(lab.command)
+
+
+def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+    raise Terminated()
+
+
+def error(message: str) -> None:
+    click.echo(f"contend: error: {message}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        result = cli.main(args=argv, prog_name="contend", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e))
+        return EXIT_USAGE
+    except click.UsageError as e:
+        error(e.format_message().splitlines()[0] if e.format_message() else str(e))
+        return EXIT_USAGE
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.Abort:
+        error("interrupted")
+        return EXIT_SIGINT
+    except click.ClickException as e:
+        error(e.format_message())
+        return EXIT_ERROR
+    except ContendError as e:
+        error(e.message)
+        return e.exit_code
+    except KeyboardInterrupt:
+        error("interrupted")
+        return EXIT_SIGINT
+    except Terminated:
+        error("terminated")
+        return EXIT_SIGTERM
+    except BrokenPipeError:
+        return EXIT_ERROR
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""`contend lab`: run the experiment and print the contention-vs-no-contention table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from contend.errors import UsageError
+from contend.lab.app import DEFAULT_N, MAX_N
+from contend.lab.experiment import LabOptions, run_lab
+from contend.model import RequestSample
+from contend.render import json as render_json
+from contend.render import text as render_text
+from contend.target import parse_cpus, parse_duration, parse_memory, parse_positive_int
+
+
+class RichProgress:
+    """Draws the experiment's phases on stderr."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task: object = None
+        self._errors = 0
+
+    def phase(self, name: str, total: int | None) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, visible=False)  # type: ignore[arg-type]
+        self._errors = 0
+        self._task = self._progress.add_task(name, total=total)
+
+    def request_done(self, sample: RequestSample) -> None:
+        if sample.status != 200:
+            self._errors += 1
+        self._progress.update(
+            self._task,  # type: ignore[arg-type]
+            advance=1,
+            description=f"{self._progress.tasks[-1].description.split(' ')[0]}"
+            + (f" ({self._errors} errors)" if self._errors else ""),
+        )
+
+
+@click.command("lab")
+@click.option("--cpus", default="0.5", show_default=True, help="CPU quota of the sandbox (docker --cpus).")
+@click.option("--memory", "-m", default="512m", show_default=True, help="Memory limit (docker -m syntax).")
+@click.option("--noise-workers", default="2", show_default=True, help="Noise processes in the contention arm.")
+@click.option("--duration", default="20", show_default=True, help="Seconds of load per arm.")
+@click.option("--rate", default=None, help="Requests per second (default: calibrated to 40% of the quota).")
+@click.option("--concurrency", default="16", show_default=True, help="Cap on requests in flight.")
+@click.option("--n", "compute_n", default=str(DEFAULT_N), show_default=True, help="Work per /compute request.")
+@click.option("--no-sandbox", is_flag=True, help="Run without a cgroup (no root needed, no limits).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the whole result as JSON (contend.lab/1).")
+def command(
+    cpus: str,
+    memory: str,
+    noise_workers: str,
+    duration: str,
+    rate: str | None,
+    concurrency: str,
+    compute_n: str,
+    no_sandbox: bool,
+    json_path: str | None,
+) -> int:
+    """Start the app and noise in a CPU-limited sandbox, load it, and say whether it is contended."""
+    options = LabOptions(
+        cpus=None if no_sandbox else parse_cpus(cpus),
+        memory_bytes=None if no_sandbox else parse_memory(memory),
+        noise_workers=parse_positive_int("--noise-workers", noise_workers, 0, 64),
+        duration_s=parse_duration("--duration", duration, 1, 3600),
+        rate_per_s=None if rate is None else _parse_rate(rate),
+        concurrency=parse_positive_int("--concurrency", concurrency, 1, 1024),
+        compute_n=parse_positive_int("--n", compute_n, 1, MAX_N),
+        sandbox=not no_sandbox,
+    )
+    if json_path is not None:
+        parent = Path(json_path).resolve().parent
+        if not parent.is_dir():
+            raise UsageError(f"--json: directory {parent} does not exist")
+    stderr = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+    ) as bar:
+        result = run_lab(options, RichProgress(bar))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # a file or a pipe: do not squeeze to 80 columns
+    console.print(render_text.lab_renderable(result))
+    if json_path is not None:
+        Path(json_path).write_text(render_json.render_lab(result))
+    return 0
+
+
+def _parse_rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        raise UsageError(f"--rate: {value!r} is not a number") from None
+    if not 0 < rate <= 10_000:
+        raise UsageError(f"--rate: {value!r} is out of range (0, 10000]")
+    return rate

@@ -1,0 +1,263 @@
+"""The procfs backend: unprivileged sampling of /proc, schedstat, cgroup cpu.stat and PSI.
+
+Parsers are small pure functions over file text, each citing the kernel code it follows;
+`ProcFS` reads files under an overridable root so tests can point it at a fixture tree.
+A process or thread that vanishes between two reads yields None, never an exception.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from contend.model import CgroupCpuStat, Pressure, ProcessIO, TaskStat
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ProcGone(Exception):
+    """The task exited (or its PID was reused) while being read."""
+
+
+# --- parsers ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatFields:
+    comm: str
+    state: str
+    ppid: int
+    utime_ticks: int
+    stime_ticks: int
+    start_ticks: int
+
+
+def parse_stat(text: str) -> StatFields:
+    """/proc/PID/stat, fs/proc/array.c do_task_stat().
+
+    `comm` is printed inside parentheses and may itself contain spaces, parentheses and
+    newlines, so it runs from the first '(' to the LAST ')'. Fields after it are
+    space-separated: state(3) ppid(4) ... utime(14) stime(15) ... starttime(22).
+    """
+    open_paren = text.index("(")
+    close_paren = text.rindex(")")
+    comm = text[open_paren + 1 : close_paren]
+    rest = text[close_paren + 2 :].split()
+    # rest[0] is field 3 (state), so field N is rest[N - 3].
+    return StatFields(
+        comm=comm,
+        state=rest[0],
+        ppid=int(rest[1]),
+        utime_ticks=int(rest[11]),
+        stime_ticks=int(rest[12]),
+        start_ticks=int(rest[19]),
+    )
+
+
+def parse_status_switches(text: str) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches from /proc/PID/status.
+
+    fs/proc/array.c task_context_switch_counts(): these are the counts of that one task
+    (thread), not of its thread group.
+    """
+    voluntary = involuntary = -1
+    for line in text.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            voluntary = int(line.split(":", 1)[1])
+        elif line.startswith("nonvoluntary_ctxt_switches:"):
+            involuntary = int(line.split(":", 1)[1])
+    if voluntary < 0 or involuntary < 0:
+        raise ValueError("status has no ctxt_switches lines")
+    return voluntary, involuntary
+
+
+def parse_schedstat(text: str) -> tuple[int, int, int]:
+    """/proc/PID/schedstat, fs/proc/base.c proc_pid_schedstat():
+    time on CPU (ns), time waiting on a run queue (ns), number of timeslices run.
+    """
+    on_cpu, wait, slices = text.split()[:3]
+    return int(on_cpu), int(wait), int(slices)
+
+
+def parse_io(text: str) -> dict[str, int]:
+    """/proc/PID/io, fs/proc/base.c do_io_accounting(): `name: value` lines."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            values[name.strip()] = int(value)
+    return values
+
+
+def parse_pressure(text: str) -> Pressure:
+    """/proc/pressure/cpu or a cgroup's cpu.pressure, kernel/sched/psi.c psi_show():
+
+        some avg10=0.00 avg60=0.00 avg300=0.00 total=0
+        full avg10=0.00 avg60=0.00 avg300=0.00 total=0
+
+    Only `total` (us) is used: the avg10 window lags a short experiment arm.
+    The system-wide `full` line for CPU exists since 5.13; older kernels have only `some`.
+    """
+    totals: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        for part in parts[1:]:
+            if part.startswith("total="):
+                totals[parts[0]] = int(part[len("total=") :])
+    if "some" not in totals:
+        raise ValueError("pressure file has no 'some' line")
+    return Pressure(some_us=totals["some"], full_us=totals.get("full"))
+
+
+def parse_cpu_stat(text: str) -> CgroupCpuStat:
+    """A cgroup's cpu.stat, v1 or v2.
+
+    v1 (kernel/sched/core.c cpu_cfs_stat_show()): nr_periods, nr_throttled,
+    throttled_time (ns). v2 (cpu_extra_stat_show() + cgroup_base_stat_cputime_show()):
+    usage_usec, ..., nr_periods, nr_throttled, throttled_usec. A v2 group without the cpu
+    controller (the hybrid layout's unified tree) has only the usage lines: periods are 0.
+    """
+    values = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            values[parts[0]] = int(parts[1])
+    if "throttled_time" in values:
+        throttled_ns = values["throttled_time"]
+    else:
+        throttled_ns = values.get("throttled_usec", 0) * 1000
+    usage_us = values.get("usage_usec")
+    return CgroupCpuStat(
+        nr_periods=values.get("nr_periods", 0),
+        nr_throttled=values.get("nr_throttled", 0),
+        throttled_ns=throttled_ns,
+        usage_ns=usage_us * 1000 if usage_us is not None else None,
+    )
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+class ProcFS:
+    """Reads tasks and processes under `root` (default /proc)."""
+
+    def __init__(self, root: str | os.PathLike[str] = "/proc") -> None:
+        self.root = Path(root)
+
+    def _read(self, *parts: str | int) -> str:
+        path = self.root.joinpath(*(str(p) for p in parts))
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                return f.read()
+        except (FileNotFoundError, ProcessLookupError) as e:
+            raise ProcGone(str(path)) from e
+        except OSError as e:
+            # ESRCH from a task reaped between open and read.
+            if e.errno == 3:
+                raise ProcGone(str(path)) from e
+            raise
+
+    def stat(self, pid: int) -> StatFields:
+        return parse_stat(self._read(pid, "stat"))
+
+    def tids(self, pid: int) -> list[int]:
+        try:
+            return sorted(int(name) for name in os.listdir(self.root / str(pid) / "task"))
+        except (FileNotFoundError, ProcessLookupError):
+            return []
+
+    def task(self, pid: int, tid: int) -> TaskStat | None:
+        """One thread's counters, or None if it vanished while being read."""
+        base = (pid, "task", tid)
+        try:
+            st = parse_stat(self._read(*base, "stat"))
+            voluntary, involuntary = parse_status_switches(self._read(*base, "status"))
+            try:
+                on_cpu, wait, slices = parse_schedstat(self._read(*base, "schedstat"))
+                sched: tuple[int | None, int | None, int | None] = (on_cpu, wait, slices)
+            except ProcGone:
+                if not (self.root / str(pid) / "task" / str(tid)).exists():
+                    raise
+                sched = (None, None, None)  # kernel without CONFIG_SCHED_INFO
+            # Re-read stat's start time: if the tid was reused between the reads above, the
+            # counters belong to two tasks; drop the sample rather than mix them.
+            if parse_stat(self._read(*base, "stat")).start_ticks != st.start_ticks:
+                return None
+        except ProcGone:
+            return None
+        return TaskStat(
+            pid=pid,
+            tid=tid,
+            comm=st.comm,
+            start_ticks=st.start_ticks,
+            utime_ticks=st.utime_ticks,
+            stime_ticks=st.stime_ticks,
+            voluntary_switches=voluntary,
+            involuntary_switches=involuntary,
+            on_cpu_ns=sched[0],
+            run_queue_wait_ns=sched[1],
+            slices=sched[2],
+        )
+
+    def tasks(self, pids: Iterable[int]) -> Iterator[TaskStat]:
+        for pid in pids:
+            for tid in self.tids(pid):
+                t = self.task(pid, tid)
+                if t is not None:
+                    yield t
+
+    def io(self, pid: int) -> ProcessIO | None:
+        """syscr/syscw of a process, or None if it vanished or /proc/PID/io is not ours
+        to read (it needs ptrace-read access: same user, or root)."""
+        try:
+            start = self.stat(pid).start_ticks
+            values = parse_io(self._read(pid, "io"))
+        except (ProcGone, PermissionError):
+            return None
+        return ProcessIO(pid=pid, start_ticks=start, syscr=values["syscr"], syscw=values["syscw"])
+
+    def children(self, pid: int) -> list[int]:
+        """Direct children of every thread of `pid` (fs/proc/array.c, CONFIG_PROC_CHILDREN)."""
+        out: list[int] = []
+        for tid in self.tids(pid):
+            try:
+                out.extend(int(c) for c in self._read(pid, "task", tid, "children").split())
+            except ProcGone:
+                continue
+        return out
+
+    def descendants(self, pid: int) -> list[int]:
+        """`pid` and all its descendants, found through the children files."""
+        seen: list[int] = []
+        stack = [pid]
+        while stack:
+            p = stack.pop()
+            if p in seen:
+                continue
+            seen.append(p)
+            stack.extend(self.children(p))
+        return seen
+
+    def system_pressure(self) -> Pressure | None:
+        try:
+            return parse_pressure(self._read("pressure", "cpu"))
+        except (ProcGone, OSError, ValueError):
+            return None  # kernel without CONFIG_PSI, or psi=0 on the command line
+
+
+def read_pressure_file(path: Path) -> Pressure | None:
+    try:
+        return parse_pressure(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_cpu_stat_file(path: Path) -> CgroupCpuStat | None:
+    try:
+        return parse_cpu_stat(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,1 @@
+"""The demo system: app, noise, load, cgroup sandbox and the experiment runner."""

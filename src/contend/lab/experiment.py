@@ -1,0 +1,295 @@
+"""The experiment: the app alone, then the app beside noise, in one CPU-limited sandbox.
+
+1. Open the sandbox (cgroup with --cpus and --memory), start the app inside it.
+2. Calibrate: measure the CPU cost of one /compute and pick the request rate that uses
+   about 40% of the quota, so the baseline is uncontended by construction.
+3. Arm `baseline`: open-loop load at that rate, procfs sampling of the sandbox.
+4. Start the noise inside the same sandbox; arm `contention`: same load, same duration.
+5. Analyse each arm, compare them; stop everything and remove the sandbox.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+from contend.analysis.metrics import arm_metrics
+from contend.analysis.verdict import reference_rows, separating_rows, verdict
+from contend.collect.procfs import ProcFS, ProcGone
+from contend.collect.sampler import Sampler
+from contend.errors import ContendError
+from contend.lab import app as app_module
+from contend.lab import load
+from contend.lab.proctitle import die_with_parent
+from contend.lab.sandbox import Limits, Sandbox
+from contend.model import ArmRecord, ArmResult, LabConfig, LabResult, RequestSample
+
+# Calibration: the baseline uses this share of the CPU the app can get (the quota, at most
+# one CPU: one gunicorn worker runs Python code on one CPU at a time, GIL).
+BASELINE_LOAD_SHARE = 0.4
+WARMUP_DISCARD = 5
+WARMUP_MEASURED = 20
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    cpus: float | None = 0.5
+    memory_bytes: int | None = 512 << 20
+    noise_workers: int = 2
+    duration_s: float = 20.0
+    rate_per_s: float | None = None  # None: calibrate
+    concurrency: int = 16
+    compute_n: int = app_module.DEFAULT_N
+    sandbox: bool = True
+    sample_interval_s: float = 0.25
+    request_timeout_s: float = load.DEFAULT_TIMEOUT_S
+
+
+class Progress(Protocol):
+    """What the experiment tells whoever watches it (the CLI draws it; tests ignore it)."""
+
+    def phase(self, name: str, total: int | None) -> None: ...
+
+    def request_done(self, sample: RequestSample) -> None: ...
+
+
+class _Quiet:
+    def phase(self, name: str, total: int | None) -> None:
+        pass
+
+    def request_done(self, sample: RequestSample) -> None:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Lab:
+    def __init__(self, options: LabOptions, progress: Progress | None = None) -> None:
+        self.options = options
+        self.progress: Progress = progress or _Quiet()
+        self.procfs = ProcFS()
+        self.sandbox: Sandbox | None = None
+        self.app: subprocess.Popen[bytes] | None = None
+        self.noise: subprocess.Popen[bytes] | None = None
+        self.roles: dict[int, str] = {}
+        self._logs: list[IO[bytes]] = []
+
+    # --- processes ------------------------------------------------------------------------
+
+    def _spawn(self, module: str, *args: str) -> subprocess.Popen[bytes]:
+        join = self.sandbox.join_function() if self.sandbox else None
+
+        def preexec() -> None:
+            if join is not None:
+                join()
+            die_with_parent(signal.SIGTERM)
+
+        log = tempfile.TemporaryFile()
+        self._logs.append(log)
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            preexec_fn=preexec,
+        )
+
+    def _roots(self) -> dict[int, str]:
+        roots = {}
+        if self.app is not None:
+            roots[self.app.pid] = "app"
+        if self.noise is not None:
+            roots[self.noise.pid] = "noise"
+        return roots
+
+    def _role(self, pid: int, roots: dict[int, str]) -> str:
+        seen = 0
+        p = pid
+        while p > 1 and seen < 64:
+            if p in roots:
+                return roots[p]
+            try:
+                p = self.procfs.stat(p).ppid
+            except (ProcGone, ValueError):
+                break
+            seen += 1
+        return "other"
+
+    def pids(self) -> list[int]:
+        """The processes to sample, with their roles recorded as they are first seen."""
+        roots = self._roots()
+        if self.sandbox is not None:
+            pids = self.sandbox.pids()
+        else:
+            pids = [d for root in roots for d in self.procfs.descendants(root)]
+        for pid in pids:
+            if pid not in self.roles:
+                self.roles[pid] = self._role(pid, roots)
+        return pids
+
+    def _stop(self, proc: subprocess.Popen[bytes] | None, timeout_s: float = 5.0) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _app_error(self) -> str:
+        log = self._logs[0] if self._logs else None
+        if log is None:
+            return ""
+        log.seek(0)
+        lines = log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else ""
+
+    # --- phases ---------------------------------------------------------------------------
+
+    def _start_app(self) -> str:
+        port = _free_port()
+        self.app = self._spawn("contend.lab.app", "--port", str(port))
+        base = f"http://127.0.0.1:{port}"
+        app = self.app
+        if not load.wait_healthy(f"{base}/health", 30.0, alive=lambda: app.poll() is None):
+            raise ContendError(f"the lab app did not start: {self._app_error() or 'no answer on ' + base}")
+        return base
+
+    def _app_cpu_ns(self) -> int:
+        total = 0
+        for t in self.procfs.tasks(pid for pid, role in self.roles.items() if role == "app"):
+            total += t.on_cpu_ns or 0
+        return total
+
+    def calibrate(self, url: str) -> tuple[float, float]:
+        """(CPU seconds per request, request rate) measured on the running app."""
+        self.progress.phase("calibrating", WARMUP_DISCARD + WARMUP_MEASURED)
+        for sample in load.sequential(url, WARMUP_DISCARD, self.options.request_timeout_s):
+            self.progress.request_done(sample)
+        self.pids()
+        before = self._app_cpu_ns()
+        samples = load.sequential(url, WARMUP_MEASURED, self.options.request_timeout_s)
+        for sample in samples:
+            self.progress.request_done(sample)
+        after = self._app_cpu_ns()
+        failed = [s for s in samples if s.status != 200]
+        if failed:
+            raise ContendError(f"calibration: {len(failed)} of {len(samples)} requests failed")
+        cost_s = max((after - before) / 1e9 / WARMUP_MEASURED, 1e-4)
+        capacity = min(self.options.cpus or 1.0, 1.0)
+        return cost_s, BASELINE_LOAD_SHARE * capacity / cost_s
+
+    def run_arm(self, name: str, url: str, rate: float) -> ArmRecord:
+        opts = self.options
+        sb = self.sandbox
+        sampler = Sampler(
+            self.pids,
+            interval_s=opts.sample_interval_s,
+            cgroup_cpu=sb.cpu_stat if sb else None,
+            cgroup_pressure=sb.cpu_pressure if sb else None,
+            procfs=self.procfs,
+        )
+        self.progress.phase(name, max(int(rate * opts.duration_s), 1))
+        sampler.start()
+        start = time.monotonic_ns()
+        try:
+            requests = load.run_load(
+                url,
+                rate,
+                opts.duration_s,
+                concurrency=opts.concurrency,
+                timeout_s=opts.request_timeout_s,
+                on_result=self.progress.request_done,
+            )
+        finally:
+            snapshots = sampler.stop()
+        end = time.monotonic_ns()
+        return ArmRecord(
+            name=name,
+            start_ns=start,
+            end_ns=end,
+            snapshots=snapshots,
+            roles=dict(self.roles),
+            requests=tuple(requests),
+            cpu_limit=sb.limits.cpus if sb else None,
+        )
+
+    def run(self) -> LabResult:
+        opts = self.options
+        try:
+            if opts.sandbox:
+                self.sandbox = Sandbox(Limits(opts.cpus, opts.memory_bytes)).open()
+            self.progress.phase("starting app", None)
+            base = self._start_app()
+            url = f"{base}/compute?n={opts.compute_n}"
+            cost_s: float | None = None
+            if opts.rate_per_s is None:
+                cost_s, rate = self.calibrate(url)
+            else:
+                rate = opts.rate_per_s
+            baseline = self.run_arm("baseline", url, rate)
+            self.progress.phase("starting noise", None)
+            self.noise = self._spawn("contend.lab.noise", "--workers", str(opts.noise_workers))
+            time.sleep(0.3)  # let the noise processes fork before the first sample
+            contention = self.run_arm("contention", url, rate)
+        finally:
+            self.close()
+
+        limit = self.sandbox.limits.cpus if self.sandbox else None
+        arms = []
+        for record in (baseline, contention):
+            metrics = arm_metrics(record)
+            arms.append(ArmResult(record.name, metrics, verdict(metrics, cpu_limit=limit)))
+        config = LabConfig(
+            cpus=limit,
+            memory_bytes=self.sandbox.limits.memory_bytes if self.sandbox else None,
+            noise_workers=opts.noise_workers,
+            rate_per_s=rate,
+            duration_s=opts.duration_s,
+            backend="procfs",
+            concurrency=opts.concurrency,
+            compute_n=opts.compute_n,
+            cost_per_request_ms=cost_s * 1e3 if cost_s is not None else None,
+            cgroup_mode=self.sandbox.mode if self.sandbox else None,
+        )
+        return LabResult(
+            config=config,
+            arms=tuple(arms),
+            reference=reference_rows(arms[0].metrics, arms[1].metrics),
+            separating=separating_rows(arms[0].metrics, arms[1].metrics),
+        )
+
+    def close(self) -> None:
+        """Stop the noise and the app, then remove the sandbox (killing any leftover)."""
+        errors = []
+        for proc in (self.noise, self.app):
+            try:
+                self._stop(proc)
+            except BaseException as e:  # keep going: the sandbox must still be removed
+                errors.append(e)
+        # Without a sandbox, leftovers die through PR_SET_PDEATHSIG (noise workers) and
+        # gunicorn's parent check (its worker); killing remembered PIDs could hit reused ones.
+        if self.sandbox is not None:
+            self.sandbox.close()
+        for log in self._logs:
+            log.close()
+        self._logs = []
+        if errors:
+            raise errors[0]
+
+
+def run_lab(options: LabOptions, progress: Progress | None = None) -> LabResult:
+    return Lab(options, progress).run()
+

@@ -1,0 +1,272 @@
+"""The data that flows between the parts: immutable, stdlib only, JSON-friendly.
+
+Collection produces `Snapshot`s and `RequestSample`s, grouped per experiment arm in an
+`ArmRecord`; analysis turns an `ArmRecord` into `ArmMetrics` and a `Verdict`; renderers
+only ever see those results (`LabResult`).
+
+JSON schemas, with their changelog:
+- ``contend.lab/1`` (0.1.0): first version; see README "Lab JSON".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_LAB = "contend.lab/1"
+
+# Where a metric came from, said by every report (ARCHITECTURE.md: exact, sampled, unavailable).
+EXACT = "exact"
+SAMPLED = "sampled"
+UNAVAILABLE = "unavailable"
+
+
+# --- what the procfs backend reads ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStat:
+    """One thread at one moment: /proc/PID/task/TID/{stat,status,schedstat}.
+
+    `start_ticks` (field 22 of stat) with `tid` identifies the thread across PID reuse.
+    The schedstat fields are None on kernels built without CONFIG_SCHED_INFO.
+    """
+
+    pid: int
+    tid: int
+    comm: str
+    start_ticks: int
+    utime_ticks: int
+    stime_ticks: int
+    voluntary_switches: int
+    involuntary_switches: int
+    on_cpu_ns: int | None
+    run_queue_wait_ns: int | None
+    slices: int | None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.tid, self.start_ticks)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessIO:
+    """/proc/PID/io: syscall counts for read-like and write-like calls, whole process."""
+
+    pid: int
+    start_ticks: int
+    syscr: int
+    syscw: int
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.pid, self.start_ticks)
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupCpuStat:
+    """A cgroup's CPU bandwidth counters (v1 cpu.stat or v2 cpu.stat, normalised).
+
+    cgroup v1 `throttled_time` is in ns and sums over CPUs; v2 `throttled_usec` is in us.
+    Both are stored here in ns. `usage_ns` is None where the hierarchy does not give it.
+    """
+
+    nr_periods: int
+    nr_throttled: int
+    throttled_ns: int
+    usage_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pressure:
+    """PSI `total` counters (microseconds of stall since boot or cgroup creation)."""
+
+    some_us: int
+    full_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the procfs backend read at one moment (monotonic `t_ns`)."""
+
+    t_ns: int
+    tasks: tuple[TaskStat, ...]
+    io: tuple[ProcessIO, ...] = ()
+    cgroup_cpu: CgroupCpuStat | None = None
+    psi_system: Pressure | None = None
+    psi_cgroup: Pressure | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSample:
+    """One request of the load: latency measured from its intended start (as wrk2 does).
+
+    `status` is the HTTP status, or 0 when no response came (refused, reset, timeout).
+    """
+
+    intended_ns: int
+    latency_ns: int
+    status: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ArmRecord:
+    """The raw data of one experiment arm: snapshots, which pid plays which role, requests."""
+
+    name: str
+    start_ns: int
+    end_ns: int
+    snapshots: tuple[Snapshot, ...]
+    roles: dict[int, str]
+    requests: tuple[RequestSample, ...]
+    target_role: str = "app"
+    cpu_limit: float | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+
+# --- what analysis produces -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySummary:
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMetrics:
+    count: int
+    errors: int
+    throughput_per_s: float | None
+    latency_ms: LatencySummary
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchRates:
+    voluntary: float | None
+    involuntary: float | None
+
+    @property
+    def total(self) -> float | None:
+        if self.voluntary is None or self.involuntary is None:
+            return None
+        return self.voluntary + self.involuntary
+
+
+@dataclass(frozen=True, slots=True)
+class ArmMetrics:
+    """Metrics of one arm. Scheduling figures are of the target role (the app).
+
+    None means unknown (not measurable by the backend that ran), never zero.
+    """
+
+    duration_s: float
+    requests: RequestMetrics
+    context_switches_per_s: SwitchRates
+    avg_on_cpu_slice_us: float | None
+    run_queue_wait_per_slice_us: float | None
+    wait_to_run_ratio: float | None
+    avg_syscall_time_us: float | None
+    syscalls_per_s: float | None
+    cpu_cores: dict[str, float]
+    cpu_share: dict[str, float]
+    fairness_index: float | None
+    throttled_period_ratio: float | None
+    throttled_ms_per_s: float | None
+    psi_cpu_some_pct: float | None
+    psi_cgroup_cpu_some_pct: float | None
+    psi_cgroup_cpu_full_pct: float | None
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    contention: bool
+    severity: str  # none | moderate | severe
+    evidence: tuple[str, ...]
+    causes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ArmResult:
+    name: str
+    metrics: ArmMetrics
+    verdict: Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceRow:
+    """One row of the original document's "Contention vs No Contention" table, measured."""
+
+    metric: str
+    reference_baseline: str
+    reference_contention: str
+    baseline: str
+    contention: str
+    holds: bool | None  # None: not measurable here
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class SeparatingRow:
+    metric: str
+    baseline: float | None
+    contention: float | None
+    unit: str
+    separates: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LabConfig:
+    cpus: float | None
+    memory_bytes: int | None
+    noise_workers: int
+    rate_per_s: float
+    duration_s: float
+    backend: str
+    concurrency: int
+    compute_n: int
+    cost_per_request_ms: float | None
+    cgroup_mode: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LabResult:
+    config: LabConfig
+    arms: tuple[ArmResult, ...]
+    reference: tuple[ReferenceRow, ...]
+    separating: tuple[SeparatingRow, ...]
+    schema: str = SCHEMA_LAB
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "config": asdict(self.config),
+            "arms": [
+                {
+                    "name": arm.name,
+                    "metrics": _metrics_dict(arm.metrics),
+                    "verdict": {
+                        "contention": arm.verdict.contention,
+                        "severity": arm.verdict.severity,
+                        "evidence": list(arm.verdict.evidence),
+                        "causes": list(arm.verdict.causes),
+                    },
+                }
+                for arm in self.arms
+            ],
+            "reference": [asdict(r) for r in self.reference],
+            "separating": [asdict(r) for r in self.separating],
+        }
+
+
+def _metrics_dict(m: ArmMetrics) -> dict[str, Any]:
+    d = asdict(m)
+    d["context_switches_per_s"]["total"] = m.context_switches_per_s.total
+    return d
