@@ -118,7 +118,9 @@ def task_deltas(snapshots: Sequence[Snapshot], clock_ticks: int) -> list[TaskDel
                 tid=last.tid,
                 comm=last.comm,
                 # schedstat's ns clock is far finer than the 10 ms ticks of stat.
-                cpu_ns=on_cpu if on_cpu is not None else max(ticks, 0) * 1_000_000_000 // clock_ticks,
+                cpu_ns=on_cpu
+                if on_cpu is not None
+                else max(ticks, 0) * 1_000_000_000 // clock_ticks,
                 voluntary_switches=max(last.voluntary_switches - first.voluntary_switches, 0),
                 involuntary_switches=max(last.involuntary_switches - first.involuntary_switches, 0),
                 on_cpu_ns=on_cpu,
@@ -131,7 +133,9 @@ def task_deltas(snapshots: Sequence[Snapshot], clock_ticks: int) -> list[TaskDel
 
 def io_syscalls(snapshots: Sequence[Snapshot], pids: set[int]) -> int | None:
     """syscr + syscw made by `pids` within the window, or None if never readable."""
-    first: dict[tuple[int, int], ProcessIO] = {i.key: i for i in snapshots[0].io} if snapshots else {}
+    first: dict[tuple[int, int], ProcessIO] = (
+        {i.key: i for i in snapshots[0].io} if snapshots else {}
+    )
     last: dict[tuple[int, int], ProcessIO] = {}
     for snap in snapshots:
         for i in snap.io:
@@ -182,11 +186,16 @@ def arm_metrics(arm: ArmRecord, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> ArmMe
 
     busy = [ns for ns in cpu_by_pid.values() if total_cpu and ns >= FAIRNESS_MIN_SHARE * total_cpu]
 
-    first_cg, last_cg = snaps[0].cgroup_cpu if snaps else None, snaps[-1].cgroup_cpu if snaps else None
+    first_cg, last_cg = (
+        snaps[0].cgroup_cpu if snaps else None,
+        snaps[-1].cgroup_cpu if snaps else None,
+    )
     throttled_ratio = throttled_ms = None
     if first_cg is not None and last_cg is not None and arm.cpu_limit is not None:
         periods = last_cg.nr_periods - first_cg.nr_periods
-        throttled_ratio = (last_cg.nr_throttled - first_cg.nr_throttled) / periods if periods else 0.0
+        throttled_ratio = (
+            (last_cg.nr_throttled - first_cg.nr_throttled) / periods if periods else 0.0
+        )
         throttled_ms = per_s((last_cg.throttled_ns - first_cg.throttled_ns) / 1e6)
 
     def psi_pct(attr: str, which: str) -> float | None:
@@ -197,7 +206,7 @@ def arm_metrics(arm: ArmRecord, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> ArmMe
         x, y = getattr(a, which), getattr(b, which)
         if x is None or y is None:
             return None
-        return 100.0 * (y - x) / 1e6 / window_s
+        return 100.0 * float(y - x) / 1e6 / window_s
 
     target_pids = {pid for pid, role in role_of.items() if role == arm.target_role}
     syscalls = io_syscalls(snaps, target_pids)
@@ -206,7 +215,8 @@ def arm_metrics(arm: ArmRecord, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> ArmMe
         "context_switches_per_s": SAMPLED + ": /proc/PID/task/TID/status",
         "avg_on_cpu_slice_us": SAMPLED + ": /proc/PID/task/TID/schedstat",
         "run_queue_wait_per_slice_us": SAMPLED + ": /proc/PID/task/TID/schedstat",
-        "avg_syscall_time_us": UNAVAILABLE + ": procfs has no syscall latency (needs bpftrace or tracefs)",
+        "avg_syscall_time_us": UNAVAILABLE
+        + ": procfs has no syscall latency (needs bpftrace or tracefs)",
         "syscalls_per_s": SAMPLED + ": /proc/PID/io syscr+syscw (read- and write-like calls only)",
         "throttled_period_ratio": SAMPLED + ": cgroup cpu.stat",
         "psi_cpu_some_pct": SAMPLED + ": /proc/pressure/cpu total",

@@ -59,15 +59,21 @@ def verdict(m: ArmMetrics, target: str = "contend-app", cpu_limit: float | None 
                 f"({_fmt(m.throttled_ms_per_s, '.0f')} ms throttled per second, summed over CPUs)."
             )
             if contended:
-                causes.append(f"cgroup CPU quota ({quota}, throttled in {throttled:.0%} of periods)")
+                causes.append(
+                    f"cgroup CPU quota ({quota}, throttled in {throttled:.0%} of periods)"
+                )
         else:
-            evidence.append(f"The sandbox was throttled in {throttled:.0%} of CFS periods ({quota}).")
+            evidence.append(
+                f"The sandbox was throttled in {throttled:.0%} of CFS periods ({quota})."
+            )
 
     others = {role: cores for role, cores in m.cpu_cores.items() if role != "app" and cores >= 0.05}
     if contended and others:
         app_cores = m.cpu_cores.get("app", 0.0)
         for role, cores in sorted(others.items(), key=lambda kv: -kv[1]):
-            causes.append(f"neighbours: {role} used {cores:.2f} CPUs beside the app's {app_cores:.2f}")
+            causes.append(
+                f"neighbours: {role} used {cores:.2f} CPUs beside the app's {app_cores:.2f}"
+            )
     if m.psi_cgroup_cpu_some_pct is not None:
         evidence.append(
             f"Sandbox CPU pressure: some {m.psi_cgroup_cpu_some_pct:.0f}%, "
@@ -86,19 +92,23 @@ def reference_rows(base: ArmMetrics, cont: ArmMetrics) -> tuple[ReferenceRow, ..
     b_cs, c_cs = base.context_switches_per_s.total, cont.context_switches_per_s.total
     holds = None if b_cs is None or c_cs is None else (b_cs < 100 and c_cs > 1000)
     note = "not measured"
-    if holds is not None:
-        note = (
-            "holds"
-            if holds
-            else "contradicted: "
-            + (
-                "fewer switches under contention"
-                if c_cs < b_cs
-                else "neither below 100 nor above 1000"
-            )
-        )
+    if b_cs is not None and c_cs is not None:
+        if holds:
+            note = "holds"
+        elif c_cs < b_cs:
+            note = "contradicted: fewer switches under contention"
+        else:
+            note = "contradicted: not in the ranges"
     rows.append(
-        ReferenceRow("Context switches/sec", "< 100", "> 1000", _fmt(b_cs, ".0f"), _fmt(c_cs, ".0f"), holds, note)
+        ReferenceRow(
+            "Context switches/sec",
+            "< 100",
+            "> 1000",
+            _fmt(b_cs, ".0f"),
+            _fmt(c_cs, ".0f"),
+            holds,
+            note,
+        )
     )
 
     b_sys, c_sys = base.avg_syscall_time_us, cont.avg_syscall_time_us
@@ -149,11 +159,7 @@ def reference_rows(base: ArmMetrics, cont: ArmMetrics) -> tuple[ReferenceRow, ..
             holds,
             "not measured"
             if holds is None
-            else (
-                "holds"
-                if holds
-                else "contradicted: CFS shares per task, not per process"
-            ),
+            else ("holds" if holds else "contradicted: CFS shares per task, not per process"),
         )
     )
     return tuple(rows)
@@ -185,9 +191,27 @@ def separating_rows(base: ArmMetrics, cont: ArmMetrics) -> tuple[SeparatingRow, 
         ("request p50", base.requests.latency_ms.p50, cont.requests.latency_ms.p50, "ms", factor),
         ("request p95", base.requests.latency_ms.p95, cont.requests.latency_ms.p95, "ms", factor),
         ("request p99", base.requests.latency_ms.p99, cont.requests.latency_ms.p99, "ms", factor),
-        ("throttled periods", pct(base.throttled_period_ratio), pct(cont.throttled_period_ratio), "%", points),
-        ("sandbox PSI some", base.psi_cgroup_cpu_some_pct, cont.psi_cgroup_cpu_some_pct, "%", points),
-        ("sandbox PSI full", base.psi_cgroup_cpu_full_pct, cont.psi_cgroup_cpu_full_pct, "%", points),
+        (
+            "throttled periods",
+            pct(base.throttled_period_ratio),
+            pct(cont.throttled_period_ratio),
+            "%",
+            points,
+        ),
+        (
+            "sandbox PSI some",
+            base.psi_cgroup_cpu_some_pct,
+            cont.psi_cgroup_cpu_some_pct,
+            "%",
+            points,
+        ),
+        (
+            "sandbox PSI full",
+            base.psi_cgroup_cpu_full_pct,
+            cont.psi_cgroup_cpu_full_pct,
+            "%",
+            points,
+        ),
         ("system PSI some", base.psi_cpu_some_pct, cont.psi_cpu_some_pct, "%", points),
         ("app CPU", base.cpu_cores.get("app"), cont.cpu_cores.get("app"), "CPUs", None),
     ]

@@ -43,15 +43,32 @@ class RichProgress:
 
 
 @click.command("lab")
-@click.option("--cpus", default="0.5", show_default=True, help="CPU quota of the sandbox (docker --cpus).")
-@click.option("--memory", "-m", default="512m", show_default=True, help="Memory limit (docker -m syntax).")
-@click.option("--noise-workers", default="2", show_default=True, help="Noise processes in the contention arm.")
+@click.option(
+    "--cpus", default="0.5", show_default=True, help="CPU quota of the sandbox (docker --cpus)."
+)
+@click.option(
+    "--memory", "-m", default="512m", show_default=True, help="Memory limit (docker -m syntax)."
+)
+@click.option(
+    "--noise-workers", default="2", show_default=True, help="Noise processes in the contention arm."
+)
 @click.option("--duration", default="20", show_default=True, help="Seconds of load per arm.")
-@click.option("--rate", default=None, help="Requests per second (default: calibrated to 40% of the quota).")
+@click.option(
+    "--rate", default=None, help="Requests per second (default: calibrated to 40% of the quota)."
+)
 @click.option("--concurrency", default="16", show_default=True, help="Cap on requests in flight.")
-@click.option("--n", "compute_n", default=str(DEFAULT_N), show_default=True, help="Work per /compute request.")
-@click.option("--no-sandbox", is_flag=True, help="Run without a cgroup (no root needed, no limits).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the whole result as JSON (contend.lab/1).")
+@click.option(
+    "--n", "compute_n", default=str(DEFAULT_N), show_default=True, help="Work per /compute request."
+)
+@click.option(
+    "--no-sandbox", is_flag=True, help="Run without a cgroup (no root needed, no limits)."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    help="Write the whole result as JSON (contend.lab/1).",
+)
 def command(
     cpus: str,
     memory: str,

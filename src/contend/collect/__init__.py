@@ -104,7 +104,8 @@ def checks() -> list[Check]:
         tracefs = Check(
             "tracefs",
             root,
-            f"not mounted; mountable at {TRACEFS}" + (" (contend mounts it when needed)" if root else ""),
+            f"not mounted; mountable at {TRACEFS}"
+            + (" (contend mounts it when needed)" if root else ""),
             "" if root else f"as root: mount -t tracefs nodev {TRACEFS}",
         )
     else:

@@ -94,7 +94,11 @@ class CgroupLayout:
         if self.mode == "v2":
             return f"cgroup v2 at {self.v2_root} (controllers: {' '.join(sorted(self.v2_controllers))})"
         if self.mode == "v1":
-            text = "cgroup v1 (" + ", ".join(f"{c} at {self.v1_roots[c]}" for c in V1_CONTROLLERS) + ")"
+            text = (
+                "cgroup v1 ("
+                + ", ".join(f"{c} at {self.v1_roots[c]}" for c in V1_CONTROLLERS)
+                + ")"
+            )
             if self.v2_root is not None:
                 text += f" + controller-less cgroup2 at {self.v2_root} (PSI, cgroup.kill)"
             return text

@@ -95,7 +95,7 @@ class Lab:
                 join()
             die_with_parent(signal.SIGTERM)
 
-        log = tempfile.TemporaryFile()
+        log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close(), read on failure
         self._logs.append(log)
         return subprocess.Popen(
             [sys.executable, "-m", module, *args],
@@ -164,7 +164,9 @@ class Lab:
         base = f"http://127.0.0.1:{port}"
         app = self.app
         if not load.wait_healthy(f"{base}/health", 30.0, alive=lambda: app.poll() is None):
-            raise ContendError(f"the lab app did not start: {self._app_error() or 'no answer on ' + base}")
+            raise ContendError(
+                f"the lab app did not start: {self._app_error() or 'no answer on ' + base}"
+            )
         return base
 
     def _app_cpu_ns(self) -> int:
@@ -292,4 +294,3 @@ class Lab:
 
 def run_lab(options: LabOptions, progress: Progress | None = None) -> LabResult:
     return Lab(options, progress).run()
-

@@ -45,11 +45,21 @@ async def _load(
                 async with slots:
                     response = await client.get(url)
                     await response.aread()
-                record(RequestSample(intended_ns, time.monotonic_ns() - intended_ns, response.status_code))
+                record(
+                    RequestSample(
+                        intended_ns, time.monotonic_ns() - intended_ns, response.status_code
+                    )
+                )
             except httpx.HTTPError as e:
-                record(RequestSample(intended_ns, time.monotonic_ns() - intended_ns, 0, type(e).__name__))
+                record(
+                    RequestSample(
+                        intended_ns, time.monotonic_ns() - intended_ns, 0, type(e).__name__
+                    )
+                )
             except asyncio.CancelledError:
-                record(RequestSample(intended_ns, time.monotonic_ns() - intended_ns, 0, "unfinished"))
+                record(
+                    RequestSample(intended_ns, time.monotonic_ns() - intended_ns, 0, "unfinished")
+                )
                 raise
 
         count = max(int(rate_per_s * duration_s), 1)

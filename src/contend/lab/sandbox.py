@@ -75,9 +75,14 @@ class MemoryLimit:
     @staticmethod
     def write(dirs: dict[str, Path], mode: str, memory_bytes: int | None) -> None:
         if mode == "v2":
-            _write(dirs["memory"] / "memory.max", "max" if memory_bytes is None else str(memory_bytes))
+            _write(
+                dirs["memory"] / "memory.max", "max" if memory_bytes is None else str(memory_bytes)
+            )
         else:
-            _write(dirs["memory"] / "memory.limit_in_bytes", "-1" if memory_bytes is None else str(memory_bytes))
+            _write(
+                dirs["memory"] / "memory.limit_in_bytes",
+                "-1" if memory_bytes is None else str(memory_bytes),
+            )
 
     @staticmethod
     def read_back(dirs: dict[str, Path], mode: str) -> int | None:
@@ -238,7 +243,9 @@ class Sandbox:
         )
         page = os.sysconf("SC_PAGE_SIZE")
         memory_ok = (memory is None) == (limits.memory_bytes is None) and (
-            memory is None or limits.memory_bytes is None or 0 <= limits.memory_bytes - memory < page
+            memory is None
+            or limits.memory_bytes is None
+            or 0 <= limits.memory_bytes - memory < page
         )
         if not (cpu_ok and memory_ok):
             raise ContendError(

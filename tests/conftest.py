@@ -1,0 +1,57 @@
+"""Shared fixtures. Kernel-facing tests skip on a laptop without root, but under
+CONTEND_REQUIRE_KERNEL=1 (set by .ci/run) a missing capability fails the test instead."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from contend.collect.cgroups import detect_layout
+
+REQUIRE_KERNEL = os.environ.get("CONTEND_REQUIRE_KERNEL") == "1"
+
+
+def need(condition: bool, why: str) -> None:
+    """Skip (or, in CI, fail) when a kernel capability is missing."""
+    if condition:
+        return
+    if REQUIRE_KERNEL:
+        pytest.fail(f"CONTEND_REQUIRE_KERNEL=1 but {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture
+def root_cgroups() -> None:
+    need(os.geteuid() == 0, "needs root")
+    need(detect_layout().mode is not None, "needs cgroup v1 or v2 with cpu and memory")
+
+
+def contend_cgroups() -> list[Path]:
+    layout = detect_layout()
+    roots = set(layout.v1_roots.values())
+    if layout.v2_root is not None:
+        roots.add(layout.v2_root)
+    return sorted(d for r in roots if r.is_dir() for d in r.glob("contend-*"))
+
+
+@pytest.fixture(autouse=True)
+def no_cgroup_left_behind() -> Iterator[None]:
+    """Every test must give back the cgroups it made."""
+    before = set(contend_cgroups())
+    yield
+    left = set(contend_cgroups()) - before
+    assert not left, f"cgroups left behind: {sorted(map(str, left))}"
+
+
+def pgrep(name: str) -> list[int]:
+    done = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
+    return [int(p) for p in done.stdout.split()]
+
+
+def contend_command() -> list[str]:
+    return [sys.executable, "-m", "contend"]

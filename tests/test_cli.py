@@ -1,0 +1,86 @@
+"""Bad input gets one line, a non-zero exit code, no traceback, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import contend_cgroups, contend_command
+from contend.errors import UsageError
+from contend.target import parse_cpus, parse_memory
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*contend_command(), *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cpus", "0"], "--cpus: '0' must be greater than 0"),
+        (["--cpus", "-1"], "--cpus: '-1' must be greater than 0"),
+        (["--cpus", "abc"], "--cpus: 'abc' is not a number"),
+        (["--cpus", "99"], "--cpus: '99' is more than the"),
+        (["--cpus", "nan"], "--cpus: 'nan' must be greater than 0"),
+        (["--memory", "12q"], "--memory: '12q' is not a size"),
+        (["--memory", "1k"], "--memory: '1k' is below the 6 MiB minimum"),
+        (["--duration", "-3"], "--duration: '-3' is out of range"),
+        (["--noise-workers", "x"], "--noise-workers: 'x' is not an integer"),
+        (["--n", str(10**9)], "--n: '1000000000' is out of range"),
+        (["--rate", "0"], "--rate: '0' is out of range"),
+        (
+            ["--json", "/nonexistent/dir/x.json"],
+            "--json: directory /nonexistent/dir does not exist",
+        ),
+        (["--bogus"], "No such option '--bogus'"),
+    ],
+)
+def test_lab_bad_input(args: list[str], message: str) -> None:
+    before = contend_cgroups()
+    done = run("lab", *args)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("contend: error: ")
+    assert message in lines[0]
+    assert "Traceback" not in done.stderr + done.stdout
+    assert contend_cgroups() == before
+
+
+def test_unknown_subcommand_is_one_line() -> None:
+    done = run("frobnicate")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "contend: error: No such command 'frobnicate'."
+
+
+def test_memory_syntax_of_docker() -> None:
+    assert parse_memory("512m") == 512 << 20
+    assert parse_memory("1g") == 1 << 30
+    assert parse_memory("1.5G") == 3 << 29
+    assert parse_memory("268435456") == 256 << 20
+    assert parse_memory("512MB") == 512 << 20
+    assert parse_cpus("0.5", available=2) == 0.5
+    assert parse_cpus("2", available=2) == 2.0
+    with pytest.raises(UsageError):
+        parse_cpus("2.01", available=2)
+    with pytest.raises(UsageError):
+        parse_memory("-5m")
+
+
+def test_doctor_json_reports_each_check() -> None:
+    done = run("doctor", "--json")
+    assert done.returncode == 0
+    report = json.loads(done.stdout)
+    assert [c["name"] for c in report["checks"]] == [
+        "root",
+        "cgroups",
+        "PSI",
+        "schedstat",
+        "tracefs",
+        "bpftrace",
+    ]
+    assert report["backend"] == "procfs"
+    for check in report["checks"]:
+        assert check["ok"] or check["fix"], check

@@ -1,0 +1,139 @@
+"""The lab for real, with short arms: the verdicts, the JSON, and cleanup on signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import contend_cgroups, contend_command, pgrep
+
+
+@pytest.fixture(scope="module")
+def lab_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import os
+
+    from conftest import need
+
+    need(os.geteuid() == 0, "needs root")
+    out = tmp_path_factory.mktemp("lab") / "lab.json"
+    done = subprocess.run(
+        [*contend_command(), "lab", "--duration", "5", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Contention vs no contention" in done.stdout
+    result: dict[str, Any] = json.loads(out.read_text())
+    result["_stdout"] = done.stdout
+    return result
+
+
+def test_lab_schema_and_config(lab_json: dict[str, Any]) -> None:
+    assert lab_json["schema"] == "contend.lab/1"
+    cfg = lab_json["config"]
+    assert cfg["cpus"] == 0.5
+    assert cfg["memory_bytes"] == 512 << 20
+    assert cfg["noise_workers"] == 2 and cfg["backend"] == "procfs" and cfg["duration_s"] == 5
+    # Calibrated to 40% of the quota: rate * cost = 0.2 CPU.
+    assert cfg["rate_per_s"] * cfg["cost_per_request_ms"] / 1000 == pytest.approx(0.2, rel=1e-6)
+    assert [a["name"] for a in lab_json["arms"]] == ["baseline", "contention"]
+    for arm in lab_json["arms"]:
+        m = arm["metrics"]
+        assert set(m["requests"]["latency_ms"]) >= {"p50", "p95", "p99"}
+        assert set(m["context_switches_per_s"]) >= {"voluntary", "involuntary"}
+        for key in ("avg_on_cpu_slice_us", "run_queue_wait_per_slice_us", "wait_to_run_ratio",
+                    "cpu_share", "fairness_index", "throttled_period_ratio", "psi_cpu_some_pct"):  # fmt: skip
+            assert key in m
+        assert m["avg_syscall_time_us"] is None  # procfs cannot know it: null, not invented
+        assert set(arm["verdict"]) >= {"contention", "severity", "evidence"}
+        assert m["requests"]["count"] == int(cfg["rate_per_s"] * 5)
+
+
+def test_lab_baseline_is_calm_and_contention_is_contended(lab_json: dict[str, Any]) -> None:
+    base, cont = (a for a in lab_json["arms"])
+    assert base["verdict"]["contention"] is False
+    assert cont["verdict"]["contention"] is True
+    bm, cm = base["metrics"], cont["metrics"]
+    assert cm["wait_to_run_ratio"] > bm["wait_to_run_ratio"]
+    assert cm["requests"]["latency_ms"]["p95"] > bm["requests"]["latency_ms"]["p95"]
+    assert bm["requests"]["errors"] == 0
+    # Only the app ran in the baseline; in the contention arm the noise took CPU too.
+    assert set(bm["cpu_share"]) == {"app"}
+    assert cm["cpu_share"]["noise"] > 0.3
+    # Together they cannot exceed the 0.5-CPU quota (10% slack for sampling edges).
+    assert sum(cm["cpu_cores"].values()) <= 0.55
+    assert cm["throttled_period_ratio"] > 0.5
+
+
+def test_lab_prints_verdicts(lab_json: dict[str, Any]) -> None:
+    out = lab_json["_stdout"]
+    assert "baseline: no contention" in out
+    assert "contention: CONTENTION" in out
+    assert "What separates the arms here" in out
+
+
+def _wait_for(predicate: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.usefixtures("root_cgroups")
+def test_lab_gives_everything_back_on_signal(sig: int, code: int, tmp_path: Path) -> None:
+    before = set(contend_cgroups())
+    proc = subprocess.Popen(
+        [*contend_command(), "lab", "--duration", "30"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Wait until the sandbox exists and the noise runs, the state with most to give back.
+        assert _wait_for(lambda: len(pgrep("contend-noise")) >= 3, 60), "noise never started"
+        assert set(contend_cgroups()) - before
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert "Traceback" not in err
+    assert set(contend_cgroups()) == before
+    assert pgrep("contend-app") == [] and pgrep("contend-noise") == []
+
+
+@pytest.mark.usefixtures("root_cgroups")
+def test_after_sigkill_the_next_run_reclaims() -> None:
+    from contend.lab.sandbox import reclaim_stale
+
+    before = set(contend_cgroups())
+    proc = subprocess.Popen(
+        [*contend_command(), "lab", "--duration", "30"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait_for(lambda: len(pgrep("contend-app")) >= 2, 60)
+    finally:
+        proc.kill()
+        proc.wait()
+    left = set(contend_cgroups()) - before
+    assert left  # SIGKILL gives no chance to clean up
+    reclaimed = set(reclaim_stale())
+    assert left <= reclaimed
+    assert set(contend_cgroups()) == before
+    assert _wait_for(lambda: pgrep("contend-app") == [], 5)

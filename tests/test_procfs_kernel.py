@@ -1,0 +1,153 @@
+"""The procfs backend against the real kernel: children whose behaviour we know."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from contend.collect.procfs import ProcFS
+
+
+def _child(code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+
+
+def _step(proc: subprocess.Popen[str], expect: str) -> None:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == expect
+
+
+def test_exact_syscw_count_of_known_writes() -> None:
+    """1000 os.write calls plus the one that reports 'done': syscw grows by exactly 1001."""
+    proc = _child(
+        """
+        import os, sys
+        fd = os.open("/dev/null", os.O_WRONLY)
+        sys.stdout.write("ready\\n"); sys.stdout.flush()
+        sys.stdin.readline()
+        for _ in range(1000):
+            os.write(fd, b"x")
+        sys.stdout.write("done\\n"); sys.stdout.flush()
+        sys.stdin.readline()
+        """
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        fs = ProcFS()
+        before = fs.io(proc.pid)
+        _step(proc, "done")
+        after = fs.io(proc.pid)
+        assert before is not None and after is not None
+        assert after.syscw - before.syscw == 1001
+        # The child read exactly one line from stdin in between: one read() call.
+        assert after.syscr - before.syscr == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_busy_loop_cpu_time_and_voluntary_switches() -> None:
+    """A child burns 0.4 s of CPU, then sleeps 200 times: schedstat, stat ticks, psutil
+    and the voluntary switch count must all agree with that."""
+    proc = _child(
+        """
+        import sys, time
+        sys.stdout.write("ready\\n"); sys.stdout.flush()
+        sys.stdin.readline()
+        end = time.thread_time() + 0.4
+        while time.thread_time() < end:
+            pass
+        for _ in range(200):
+            time.sleep(0.001)
+        sys.stdout.write("done\\n"); sys.stdout.flush()
+        sys.stdin.readline()
+        """
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        fs = ProcFS()
+        (before,) = list(fs.tasks([proc.pid]))
+        _step(proc, "done")
+        (after,) = list(fs.tasks([proc.pid]))
+        assert before.key == after.key
+        assert after.on_cpu_ns is not None and before.on_cpu_ns is not None
+        on_cpu_s = (after.on_cpu_ns - before.on_cpu_ns) / 1e9
+        assert 0.4 <= on_cpu_s < 0.6
+        ticks_s = (
+            after.utime_ticks + after.stime_ticks - before.utime_ticks - before.stime_ticks
+        ) / 100
+        assert abs(ticks_s - on_cpu_s) <= 0.05
+        times = psutil.Process(proc.pid).cpu_times()
+        assert abs((times.user + times.system) - after.on_cpu_ns / 1e9) <= 0.05
+        voluntary = after.voluntary_switches - before.voluntary_switches
+        assert 200 <= voluntary <= 230  # 200 sleeps + the stdin read + a few wakeups
+        assert after.slices is not None and before.slices is not None
+        assert after.slices - before.slices >= voluntary
+        # Our figures are those of /proc/PID/status read directly.
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/status") as f:
+            status = dict(line.split(":\t", 1) for line in f if ":\t" in line)
+        assert int(status["voluntary_ctxt_switches"]) == after.voluntary_switches
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_threads_are_read_one_by_one_and_comm_is_exact() -> None:
+    """Three threads, named with spaces and parentheses through prctl."""
+    proc = _child(
+        """
+        import ctypes, sys, threading
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, b"a) (b c", 0, 0, 0)
+        stop = threading.Event()
+        threads = [threading.Thread(target=stop.wait) for _ in range(2)]
+        for t in threads: t.start()
+        sys.stdout.write("ready\\n"); sys.stdout.flush()
+        sys.stdin.readline()
+        stop.set()
+        """
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        tasks = list(ProcFS().tasks([proc.pid]))
+        assert len(tasks) == 3
+        assert {t.pid for t in tasks} == {proc.pid}
+        assert [t.comm for t in tasks] == ["a) (b c"] * 3
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_vanished_process_is_none_not_an_error() -> None:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    fs = ProcFS()
+    assert list(fs.tasks([proc.pid])) == []
+    assert fs.io(proc.pid) is None
+
+
+def test_system_pressure_is_read() -> None:
+    if not os.path.exists("/proc/pressure/cpu"):
+        pytest.skip("kernel without PSI")
+    a = ProcFS().system_pressure()
+    time.sleep(0.05)
+    b = ProcFS().system_pressure()
+    assert a is not None and b is not None
+    assert b.some_us >= a.some_us
