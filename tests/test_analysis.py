@@ -121,6 +121,7 @@ def test_arm_metrics_exact_numbers() -> None:
     assert m.syscalls_per_s == pytest.approx(60.0)  # (50 + 70) / 2 s
     assert m.avg_syscall_time_us is None
     assert (m.requests.count, m.requests.errors) == (101, 1)
+    assert m.requests.error_kinds == {"ConnectError": 1}
     assert m.requests.latency_ms.p50 == pytest.approx(50.5)
     assert m.requests.latency_ms.max == pytest.approx(100.0)
 

@@ -145,6 +145,8 @@ class RequestMetrics:
     errors: int
     throughput_per_s: float | None
     latency_ms: LatencySummary
+    # "unfinished" (still waiting when the drain ended), "HTTP 500", "ConnectError", ...
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,10 +51,13 @@ def jain_index(values: Sequence[float]) -> float | None:
 
 def request_metrics(requests: Sequence[RequestSample], duration_s: float) -> RequestMetrics:
     ok = sorted(r.latency_ns / 1e6 for r in requests if 200 <= r.status < 300)
-    errors = sum(1 for r in requests if not 200 <= r.status < 300)
+    kinds: dict[str, int] = defaultdict(int)
+    for r in requests:
+        if not 200 <= r.status < 300:
+            kinds[r.error or f"HTTP {r.status}"] += 1
     return RequestMetrics(
         count=len(requests),
-        errors=errors,
+        errors=sum(kinds.values()),
         throughput_per_s=len(ok) / duration_s if duration_s > 0 else None,
         latency_ms=LatencySummary(
             p50=percentile(ok, 50),
@@ -62,6 +65,7 @@ def request_metrics(requests: Sequence[RequestSample], duration_s: float) -> Req
             p99=percentile(ok, 99),
             max=ok[-1] if ok else None,
         ),
+        error_kinds=dict(sorted(kinds.items())),
     )
 
 

@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from contend.cli.console import stdout_console
 from contend.collect import checks, choose_backend
 
 
@@ -33,7 +33,7 @@ def command(as_json: bool) -> int:
     table.add_column("fix")
     for c in results:
         table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]missing[/]", c.detail, c.fix)
-    console = Console()
+    console = stdout_console()
     console.print(table)
     console.print(f"backend auto -> [bold]{backend}[/]: {reason}")
     return 0

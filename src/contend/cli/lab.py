@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from contend.cli.console import stdout_console
 from contend.errors import UsageError
 from contend.lab.app import DEFAULT_N, MAX_N
 from contend.lab.experiment import LabOptions, run_lab
@@ -105,10 +106,7 @@ def command(
         transient=True,
     ) as bar:
         result = run_lab(options, RichProgress(bar))
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=120)  # a file or a pipe: do not squeeze to 80 columns
-    console.print(render_text.lab_renderable(result))
+    stdout_console().print(render_text.lab_renderable(result))
     if json_path is not None:
         Path(json_path).write_text(render_json.render_lab(result))
     return 0

@@ -104,9 +104,8 @@ def checks() -> list[Check]:
         tracefs = Check(
             "tracefs",
             root,
-            f"not mounted; mountable at {TRACEFS}"
-            + (" (contend mounts it when needed)" if root else ""),
-            "" if root else f"as root: mount -t tracefs nodev {TRACEFS}",
+            f"not mounted; mountable at {TRACEFS}",
+            f"{'' if root else 'as root: '}mount -t tracefs nodev {TRACEFS}",
         )
     else:
         tracefs = Check("tracefs", False, "no /sys/kernel/tracing", "kernel without CONFIG_TRACING")
@@ -132,5 +131,9 @@ def choose_backend(requested: str = "auto") -> tuple[str, str]:
     for name in BACKENDS:
         if name not in IMPLEMENTED:
             continue
-        return name, "unprivileged sampling of /proc, schedstat, cgroup cpu.stat and PSI"
+        skipped = [b for b in BACKENDS[: BACKENDS.index(name)] if b not in IMPLEMENTED]
+        return name, (
+            "unprivileged sampling of /proc, schedstat, cgroup cpu.stat and PSI"
+            + (f" ({', '.join(skipped)}: not in this version yet)" if skipped else "")
+        )
     raise AssertionError("procfs is always implemented")

@@ -73,12 +73,17 @@ def lab_renderable(result: LabResult) -> Group:
         m = arm.metrics
         v = arm.verdict
         r = m.requests
+        kinds = (
+            " (" + ", ".join(f"{n} {kind}" for kind, n in r.error_kinds.items()) + ")"
+            if r.error_kinds
+            else ""
+        )
         head = "CONTENTION" if v.contention else "no contention"
         style = "bold red" if v.contention else "bold green"
         line = Text.assemble(
             (f"{arm.name}: ", "bold"),
             (f"{head}", style),
-            f" (severity {v.severity}); {r.count} requests, {r.errors} errors, "
+            f" (severity {v.severity}); {r.count} requests, {r.errors} errors{kinds}, "
             f"p50 {_num(r.latency_ms.p50, 'ms')}, p95 {_num(r.latency_ms.p95, 'ms')}, "
             f"p99 {_num(r.latency_ms.p99, 'ms')}",
         )
