@@ -22,6 +22,7 @@ def lab_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     need(os.geteuid() == 0, "needs root")
     out = tmp_path_factory.mktemp("lab") / "lab.json"
+    before = contend_cgroups()
     done = subprocess.run(
         [*contend_command(), "lab", "--duration", "5", "--json", str(out)],
         capture_output=True,
@@ -30,6 +31,7 @@ def lab_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     assert done.returncode == 0, done.stderr
     assert "Contention vs no contention" in done.stdout
+    assert contend_cgroups() == before  # a normal run gives its sandbox back
     result: dict[str, Any] = json.loads(out.read_text())
     result["_stdout"] = done.stdout
     return result
@@ -138,3 +140,28 @@ def test_after_sigkill_the_next_run_reclaims() -> None:
     assert left <= reclaimed
     assert set(contend_cgroups()) == before
     assert _wait_for(lambda: pgrep("contend-app") == [], 5)
+
+
+def test_lab_without_sandbox(tmp_path: Path) -> None:
+    """--no-sandbox: no cgroup, no quota; cgroup metrics are null, the rest is measured."""
+    out = tmp_path / "lab.json"
+    before = contend_cgroups()
+    done = subprocess.run(
+        [*contend_command(), "lab", "--no-sandbox", "--duration", "2", "--noise-workers", "1",
+         "--rate", "5", "--json", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert contend_cgroups() == before
+    result = json.loads(out.read_text())
+    assert result["config"]["cpus"] is None and result["config"]["cgroup_mode"] is None
+    base, cont = result["arms"]
+    for arm in (base, cont):
+        m = arm["metrics"]
+        assert m["throttled_period_ratio"] is None and m["psi_cgroup_cpu_some_pct"] is None
+        assert m["requests"]["count"] == 10
+        assert m["wait_to_run_ratio"] is not None
+    assert set(cont["metrics"]["cpu_share"]) == {"app", "noise"}
+    # One noise process on a 2-CPU machine, no quota: it gets most of a CPU.
+    assert cont["metrics"]["cpu_cores"]["noise"] > 0.8
+    assert _wait_for(lambda: pgrep("contend-app") == [] and pgrep("contend-noise") == [], 5)
