@@ -41,8 +41,8 @@ lab: install
 	$(BIN)/contend lab $(LAB_ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests $(wildcard bench)
-	$(BIN)/ruff format --check src tests $(wildcard bench)
+	$(BIN)/ruff check src tests tools $(wildcard bench)
+	$(BIN)/ruff format --check src tests tools $(wildcard bench)
 
 typecheck: install
 	$(BIN)/mypy

@@ -272,3 +272,152 @@ def _metrics_dict(m: ArmMetrics) -> dict[str, Any]:
     d = asdict(m)
     d["context_switches_per_s"]["total"] = m.context_switches_per_s.total
     return d
+
+
+# --- contend trace (schema contend.trace/1) ----------------------------------------------
+
+SCHEMA_TRACE = "contend.trace/1"
+
+
+@dataclass(frozen=True, slots=True)
+class HistBucket:
+    """One log2 bucket: values in [low, high] (inclusive, as bpftrace prints them)."""
+
+    low: int
+    high: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyscallRow:
+    pid: int
+    comm: str
+    syscall: str
+    count: int
+    errors: int
+    total_ns: int
+    avg_ns: float | None
+    max_ns: int
+    blocking: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunQueueLatency:
+    count: int
+    avg_ns: float | None
+    p50_ns: float | None
+    p99_ns: float | None
+    hist: tuple[HistBucket, ...]  # microseconds
+
+
+@dataclass(frozen=True, slots=True)
+class CpuRow:
+    pid: int
+    tid: int
+    comm: str
+    on_cpu_ns: int
+    slices: int
+    voluntary_switches: int
+    involuntary_switches: int
+    wakeups: int
+    run_queue_latency: RunQueueLatency
+    slice_hist: tuple[HistBucket, ...]  # microseconds
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptorRow:
+    """Who took the CPU when a target thread was preempted."""
+
+    comm: str
+    pid: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessEvent:
+    ts_ns: int
+    event: str  # fork | exec | thread | exit
+    pid: int
+    tid: int
+    ppid: int | None
+    comm: str
+    exit_code: int | None = None
+    signal: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IoRow:
+    pid: int
+    comm: str
+    op: str
+    count: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    pid: int
+    path: str
+    op: str
+    count: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overhead:
+    tracer_cpu_s: float | None
+    events: int
+
+
+@dataclass(frozen=True, slots=True)
+class TraceResult:
+    backend: str
+    target: str
+    monitors: tuple[str, ...]
+    duration_s: float
+    lost_events: int
+    overhead: Overhead
+    syscalls: tuple[SyscallRow, ...] = ()
+    cpu: tuple[CpuRow, ...] = ()
+    preemptors: tuple[PreemptorRow, ...] = ()
+    fairness_index: float | None = None
+    process: tuple[ProcessEvent, ...] = ()
+    process_syscalls: tuple[tuple[int, str, int], ...] = ()  # (pid, comm, syscalls)
+    io: tuple[IoRow, ...] = ()
+    files: tuple[FileRow, ...] = ()
+    notes: tuple[str, ...] = ()
+    exit_status: int | None = None
+    schema: str = SCHEMA_TRACE
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["process_syscalls"] = [
+            {"pid": pid, "comm": comm, "syscalls": n} for pid, comm, n in self.process_syscalls
+        ]
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class SchedEvent:
+    """A target thread going on or off CPU (cpu monitor --events)."""
+
+    ts_ns: int  # CLOCK_MONOTONIC
+    on_cpu: bool
+    pid: int
+    tid: int
+    comm: str
+    ran_ns: int | None = None  # off-CPU events: how long the slice was
+
+
+@dataclass(frozen=True, slots=True)
+class IoEvent:
+    """One read/write-like call of a target (io monitor --events)."""
+
+    ts_ns: int
+    pid: int
+    op: str
+    result: int
+    comm: str
+
+
+TraceEvent = ProcessEvent | SchedEvent | IoEvent

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 from contend.errors import UsageError
 
@@ -62,3 +64,99 @@ def parse_duration(name: str, value: str | float, low: float = 0.5, high: float 
     if not math.isfinite(seconds) or not low <= seconds <= high:
         raise UsageError(f"{name}: {value!r} is out of range [{low}, {high}] seconds")
     return seconds
+
+
+# --- what to trace ------------------------------------------------------------------------
+
+# TASK_COMM_LEN is 16 with the NUL (include/linux/sched.h); a comm is passed to programs as
+# a positional parameter, never pasted, but is still refused if it could never match.
+_COMM_MAX = 15
+
+
+@dataclass(frozen=True)
+class Target:
+    """A validated answer to "what to trace". At most one of the fields is set; none set
+    means the whole system."""
+
+    pids: tuple[int, ...] = ()
+    comm: str | None = None
+    cgroup: Path | None = None
+    cgroup_id: int | None = None  # cgroup2 id (the directory's inode), when on cgroup2
+    command: tuple[str, ...] = ()
+
+    @property
+    def system_wide(self) -> bool:
+        return not (self.pids or self.comm or self.cgroup or self.command)
+
+    def describe(self) -> str:
+        if self.pids:
+            return "pid " + ", ".join(map(str, self.pids))
+        if self.comm is not None:
+            return f"comm {self.comm!r}"
+        if self.cgroup is not None:
+            return f"cgroup {self.cgroup}"
+        if self.command:
+            return "command " + " ".join(self.command)
+        return "whole system"
+
+
+def validate_comm(comm: str) -> str:
+    if not comm:
+        raise UsageError("--comm: empty name")
+    if len(comm.encode()) > _COMM_MAX:
+        raise UsageError(
+            f"--comm: {comm!r} is longer than {_COMM_MAX} bytes; the kernel keeps only "
+            f"{_COMM_MAX} (use {comm.encode()[:_COMM_MAX].decode(errors='ignore')!r})"
+        )
+    if any(not ch.isprintable() for ch in comm):
+        raise UsageError(f"--comm: {comm!r} has control characters")
+    return comm
+
+
+def resolve_target(
+    pids: tuple[str, ...] = (),
+    comm: str | None = None,
+    cgroup: str | None = None,
+    command: tuple[str, ...] = (),
+    cgroup_roots: tuple[Path, ...] = (),
+    cgroup2_root: Path | None = None,
+    proc_root: str = "/proc",
+) -> Target:
+    """Validate one target. `cgroup_roots` are the mounted hierarchies (the caller detects
+    them): a relative --cgroup is looked up under each; `cgroup2_root` is the cgroup2
+    mount, under which a group has an id that programs can compare with an integer."""
+    given = [bool(pids), comm is not None, cgroup is not None, bool(command)]
+    if sum(given) > 1:
+        raise UsageError("give one target: --pid, --comm, --cgroup or -- COMMAND")
+    if pids:
+        numbers = []
+        for raw in pids:
+            pid = parse_positive_int("--pid", raw, 1, 1 << 22)
+            if not os.path.isdir(f"{proc_root}/{pid}"):
+                raise UsageError(f"--pid: no process with PID {pid}")
+            numbers.append(pid)
+        return Target(pids=tuple(sorted(set(numbers))))
+    if comm is not None:
+        return Target(comm=validate_comm(comm))
+    if cgroup is not None:
+        return _resolve_cgroup(cgroup, cgroup_roots, cgroup2_root)
+    if command:
+        return Target(command=tuple(command))
+    return Target()
+
+
+def _resolve_cgroup(raw: str, roots: tuple[Path, ...], cgroup2_root: Path | None) -> Target:
+    candidates = [Path(raw)] if raw.startswith("/") else [r / raw for r in roots]
+    for candidate in candidates:
+        try:
+            path = candidate.resolve(strict=True)
+        except OSError:
+            continue
+        if not (path / "cgroup.procs").is_file():
+            raise UsageError(f"--cgroup: {path} is not a cgroup directory")
+        cgroup_id = None
+        if cgroup2_root is not None and path.is_relative_to(cgroup2_root):
+            # kernfs node id == cgroup id, what bpf_get_current_cgroup_id() returns.
+            cgroup_id = path.stat().st_ino
+        return Target(cgroup=path, cgroup_id=cgroup_id)
+    raise UsageError(f"--cgroup: {raw!r} does not exist")

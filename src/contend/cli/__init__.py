@@ -14,7 +14,7 @@ import types
 import click
 
 from contend import __version__
-from contend.cli import doctor, lab
+from contend.cli import doctor, lab, trace
 from contend.errors import (
     EXIT_ERROR,
     EXIT_SIGINT,
@@ -33,6 +33,7 @@ def cli() -> None:
 
 cli.add_command(doctor.command)
 cli.add_command(lab.command)
+cli.add_command(trace.command)
 
 
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
@@ -45,8 +46,19 @@ def error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `contend trace ... -- CMD ARGS`: the command is not click's to parse.
+    command: list[str] = []
+    if "--" in args:
+        split = args.index("--")
+        args, command = args[:split], args[split + 1 :]
+        if not command:
+            error("nothing after --: give a command to launch")
+            return EXIT_USAGE
     try:
-        result = cli.main(args=argv, prog_name="contend", standalone_mode=False)
+        result = cli.main(
+            args=args, prog_name="contend", standalone_mode=False, obj={"command": command}
+        )
         return result if isinstance(result, int) else 0
     except click.exceptions.NoArgsIsHelpError as e:
         click.echo(e.ctx.get_help() if e.ctx else str(e))

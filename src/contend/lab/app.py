@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from contend.lab.proctitle import set_comm
+from contend.prctl import set_comm
 
 COMM = "contend-app"
 # About 25 ms of pure-Python work on this project's 2-vCPU machines (0.052 us/iteration

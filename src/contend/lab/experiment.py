@@ -26,9 +26,9 @@ from contend.collect.sampler import Sampler
 from contend.errors import ContendError
 from contend.lab import app as app_module
 from contend.lab import load
-from contend.lab.proctitle import die_with_parent
 from contend.lab.sandbox import Limits, Sandbox
 from contend.model import ArmRecord, ArmResult, LabConfig, LabResult, RequestSample
+from contend.prctl import die_with_parent
 
 # Calibration: the baseline uses this share of the CPU the app can get (the quota, at most
 # one CPU: one gunicorn worker runs Python code on one CPU at a time, GIL).

@@ -12,7 +12,7 @@ import sys
 import time
 import types
 
-from contend.lab.proctitle import die_with_parent, set_comm
+from contend.prctl import die_with_parent, set_comm
 
 COMM = "contend-noise"
 

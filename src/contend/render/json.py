@@ -20,5 +20,9 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def dumps(document: dict[str, Any]) -> str:
+    return json.dumps(_clean(document), indent=2, allow_nan=False) + "\n"
+
+
 def render_lab(result: LabResult) -> str:
-    return json.dumps(_clean(result.to_json_dict()), indent=2, allow_nan=False) + "\n"
+    return dumps(result.to_json_dict())

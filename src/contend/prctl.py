@@ -1,4 +1,4 @@
-"""Name a process so that top, pgrep -x, bpftrace's comm and contend itself find it."""
+"""prctl(2) helpers (stdlib only): name a task, die with the parent."""
 
 from __future__ import annotations
 

@@ -1,0 +1,97 @@
+"""`contend trace MONITOR... [TARGET]`: the original document's four scripts as monitors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from contend.collect import bpftrace as bt
+from contend.collect.cgroups import detect_layout
+from contend.errors import ContendError, UsageError
+from contend.monitors import MONITORS, TraceOptions, build_program, run_trace
+from contend.render import trace_text
+from contend.render.json import dumps
+from contend.target import parse_duration, resolve_target
+
+BACKENDS = ("auto", "bpftrace")
+
+
+@click.command("trace")
+@click.argument("monitors", nargs=-1, required=True)
+@click.option(
+    "--pid", "pids", multiple=True, help="Trace this process, all its threads (repeatable)."
+)
+@click.option("--comm", help="Trace tasks with this name (DTrace's execname).")
+@click.option("--cgroup", help="Trace the tasks of this cgroup (path, absolute or under a mount).")
+@click.option(
+    "--duration", help="Stop after this many seconds (default: Ctrl-C or the command's exit)."
+)
+@click.option("--backend", default="auto", show_default=True, help="auto or bpftrace.")
+@click.option("--format", "fmt", default="text", show_default=True, help="text or json.")
+@click.option("-o", "--output", help="Write the result to this file instead of stdout.")
+@click.option("--events", is_flag=True, help="Also stream per-event lines (cpu, io, process).")
+@click.option(
+    "--print-program", is_flag=True, help="Print the generated bpftrace program and exit."
+)
+@click.pass_context
+def command(
+    ctx: click.Context,
+    monitors: tuple[str, ...],
+    pids: tuple[str, ...],
+    comm: str | None,
+    cgroup: str | None,
+    duration: str | None,
+    backend: str,
+    fmt: str,
+    output: str | None,
+    events: bool,
+    print_program: bool,
+) -> int:
+    """Trace syscalls, cpu, process and/or io (or all) of a target; `-- CMD ARGS` launches
+    CMD and traces it and its descendants from the start."""
+    chosen = _monitors(monitors)
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if fmt not in ("text", "json"):
+        raise UsageError(f"--format: {fmt!r} is not text or json")
+    command_args = tuple((ctx.obj or {}).get("command", ()))
+    layout = detect_layout()
+    roots = tuple(
+        dict.fromkeys([*([layout.v2_root] if layout.v2_root else []), *layout.v1_roots.values()])
+    )
+    target = resolve_target(
+        pids, comm, cgroup, command_args, cgroup_roots=roots, cgroup2_root=layout.v2_root
+    )
+    seconds = parse_duration("--duration", duration, 0.1, 86400 * 7) if duration else None
+    if output is not None and not Path(output).resolve().parent.is_dir():
+        raise UsageError(f"-o: directory {Path(output).resolve().parent} does not exist")
+    opts = TraceOptions(chosen, target, seconds, events=events)
+    if print_program:
+        click.echo(build_program(opts, initial_pids=(0,) if command_args else ()).text(), nl=False)
+        return 0
+    ok, why = bt.available()
+    if not ok:
+        raise ContendError(f"no tracing backend: {why}")
+    if events and fmt == "text":
+        opts.on_event = lambda ev: click.echo(trace_text.format_event(ev))
+    result = run_trace(opts)
+    text = dumps(result.to_json_dict()) if fmt == "json" else trace_text.render(result)
+    if output is not None:
+        Path(output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return result.exit_status if result.exit_status is not None else 0
+
+
+def _monitors(names: tuple[str, ...]) -> tuple[str, ...]:
+    chosen: list[str] = []
+    for name in names:
+        if name == "all":
+            chosen.extend(MONITORS)
+        elif name in MONITORS:
+            chosen.append(name)
+        else:
+            raise UsageError(f"unknown monitor {name!r}: choose from {', '.join(MONITORS)} or all")
+    return tuple(m for m in MONITORS if m in chosen)

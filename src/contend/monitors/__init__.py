@@ -1,0 +1,224 @@
+"""The four monitors of the original document, run together on one backend.
+
+`run_trace()` builds one bpftrace program from the chosen monitors' fragments, starts
+it, launches the target command if there is one (held at a gate until every probe is
+attached, so it is traced from its first instruction), waits for the end (duration,
+Ctrl-C, SIGTERM or the command's exit), stops the tracer and turns its maps into a
+`TraceResult`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from contend.collect import bpftrace as bt
+from contend.collect.procfs import ProcFS, ProcGone
+from contend.errors import Terminated
+from contend.model import Overhead, ProcessEvent, TraceEvent, TraceResult
+from contend.monitors import cpu, io, process, syscalls
+from contend.target import Target
+
+MONITORS = ("syscalls", "cpu", "process", "io")
+
+# The gate: the launched command's first process waits here (same PID) until the tracer
+# is attached, then execs the command.
+_GATE = (
+    "import os, sys\n"
+    "gate = int(sys.argv[1])\n"
+    "os.read(gate, 1)\n"
+    "os.close(gate)\n"
+    "try:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "except OSError as e:\n"
+    "    sys.stderr.write(f'contend: error: cannot run {sys.argv[2]!r}: {e.strerror}\\n')\n"
+    "    sys.exit(127)\n"
+)
+
+
+@dataclass
+class TraceOptions:
+    monitors: tuple[str, ...]
+    target: Target
+    duration_s: float | None = None
+    events: bool = False
+    on_event: Callable[[TraceEvent], None] | None = None  # --events, as they arrive
+
+
+@dataclass
+class _Launched:
+    proc: subprocess.Popen[bytes]
+    gate_w: int
+
+    def release(self) -> None:
+        os.write(self.gate_w, b"x")
+        os.close(self.gate_w)
+
+
+def _launch(command: tuple[str, ...]) -> _Launched:
+    r, w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _GATE, str(r), *command],
+            pass_fds=(r,),
+        )
+    finally:
+        os.close(r)
+    return _Launched(proc, w)
+
+
+def _tids_of(pids: list[int], fs: ProcFS) -> dict[int, int]:
+    return {tid: pid for pid in pids for tid in fs.tids(pid)}
+
+
+def _pids_with_comm(comm: str, fs: ProcFS) -> list[int]:
+    out = []
+    for name in os.listdir(fs.root):
+        if name.isdigit():
+            try:
+                if fs.stat(int(name)).comm == comm:
+                    out.append(int(name))
+            except (ProcGone, ValueError, OSError):
+                continue
+    return out
+
+
+def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.Program:
+    target = opts.target
+    fs = ProcFS()
+    pred = bt.predicate_for(target, initial_pids)
+    program = bt.Program(pred)
+    chosen = set(opts.monitors)
+    if "syscalls" in chosen:
+        program.fragments.append(syscalls.fragment(pred))
+        program.internal_maps.extend(syscalls.INTERNAL_MAPS)
+    if "cpu" in chosen:
+        known: list[int] = list(target.pids) or list(initial_pids)
+        if target.comm is not None:
+            known = _pids_with_comm(target.comm, fs)
+        elif target.cgroup is not None and not known:
+            known = _cgroup_pids(target)
+        program.begin.append(cpu.seed(_tids_of(known, fs)))
+        program.fragments.append(cpu.fragment(pred, events=opts.events))
+        program.internal_maps.extend(cpu.INTERNAL_MAPS)
+    if "process" in chosen:
+        program.fragments.append(process.fragment(pred, count_syscalls="syscalls" not in chosen))
+    if "io" in chosen:
+        program.fragments.append(io.fragment(pred, events=opts.events))
+        program.internal_maps.extend(io.INTERNAL_MAPS)
+    return program
+
+
+def _cgroup_pids(target: Target) -> list[int]:
+    assert target.cgroup is not None
+    try:
+        return [int(p) for p in (target.cgroup / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
+
+
+@dataclass
+class _Collector:
+    """Turns the tracer's printf lines into events: process events are kept for the
+    result; with --events every event also goes to `on_event` as it arrives."""
+
+    opts: TraceOptions
+    events: list[ProcessEvent] = field(default_factory=list)
+
+    def __call__(self, line: str) -> None:
+        proc_ev = process.parse_event(line)
+        ev: TraceEvent | None = proc_ev
+        if proc_ev is not None:
+            self.events.append(proc_ev)
+        else:
+            ev = io.parse_event(line) or cpu.parse_event(line)
+        if ev is not None and self.opts.events and self.opts.on_event is not None:
+            self.opts.on_event(ev)
+
+
+def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) -> TraceResult:
+    launched = _launch(opts.target.command) if opts.target.command else None
+    initial: tuple[int, ...] = (launched.proc.pid,) if launched else ()
+    if opts.target.cgroup is not None and opts.target.cgroup_id is None:
+        initial = tuple(_cgroup_pids(opts.target))
+    collector = _Collector(opts)
+    tracer = bt.Bpftrace(build_program(opts, initial), on_printf=collector)
+    exit_status: int | None = None
+    notes: list[str] = []
+    started = time.monotonic()
+    try:
+        tracer.start()
+        started = time.monotonic()
+        if launched is not None:
+            launched.release()
+        deadline = started + opts.duration_s if opts.duration_s else None
+        try:
+            while True:
+                if launched is not None and launched.proc.poll() is not None:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                wait(0.05)
+        except (KeyboardInterrupt, Terminated):
+            # Ctrl-C or SIGTERM ends the trace, as with bpftrace and perf: report it.
+            notes.append("stopped by a signal before the end")
+    finally:
+        ended = time.monotonic()
+        out = tracer.stop()
+        if launched is not None:
+            if launched.proc.poll() is None:
+                launched.proc.terminate()
+                try:
+                    launched.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    launched.proc.kill()
+                    launched.proc.wait()
+            rc = launched.proc.returncode
+            exit_status = rc if rc >= 0 else 128 - rc
+    if opts.target.system_wide:
+        notes.append("no target given: the whole system was traced")
+    if out.lost_events:
+        notes.append(f"{out.lost_events} events were lost: results are incomplete")
+    return _result(opts, out, collector, ended - started, tracer.tracer_cpu_s, exit_status, notes)
+
+
+def _result(
+    opts: TraceOptions,
+    out: bt.Output,
+    collector: _Collector,
+    duration_s: float,
+    tracer_cpu_s: float | None,
+    exit_status: int | None,
+    notes: list[str],
+) -> TraceResult:
+    chosen = set(opts.monitors)
+    sys_rows = syscalls.rows(out) if "syscalls" in chosen else []
+    cpu_rows, preempt, fairness = cpu.rows(out) if "cpu" in chosen else ([], [], None)
+    io_rows, file_rows = io.rows(out) if "io" in chosen else ([], [])
+    events = (
+        sum(r.count for r in sys_rows)
+        + sum(r.slices for r in cpu_rows if r.tid)
+        + sum(r.count for r in io_rows)
+    )
+    return TraceResult(
+        backend="bpftrace",
+        target=opts.target.describe(),
+        monitors=tuple(m for m in MONITORS if m in chosen),
+        duration_s=duration_s,
+        lost_events=out.lost_events,
+        overhead=Overhead(tracer_cpu_s=tracer_cpu_s, events=events + len(collector.events)),
+        syscalls=tuple(sys_rows),
+        cpu=tuple(cpu_rows),
+        preemptors=tuple(preempt),
+        fairness_index=fairness,
+        process=tuple(sorted(collector.events, key=lambda e: e.ts_ns)),
+        process_syscalls=tuple(process.syscall_totals(out)) if "process" in chosen else (),
+        io=tuple(io_rows),
+        files=tuple(file_rows),
+        notes=tuple(notes),
+        exit_status=exit_status,
+    )

@@ -1,0 +1,286 @@
+"""contend trace on bpftrace, for real: exact counts of programs whose behaviour we know."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import contend_command, need, pgrep
+from contend.collect import bpftrace as bt
+from contend.collect.procfs import ProcFS
+from contend.monitors import MONITORS, TraceOptions, build_program
+from contend.monitors.syscalls import syscall_name
+from contend.target import Target
+
+KNOWN = textwrap.dedent(
+    """
+    import os, sys, threading
+    fd = os.open("/dev/null", os.O_WRONLY)
+    for _ in range(1234):
+        os.getsid(0)
+    for _ in range(500):
+        os.write(fd, b"x" * 37)
+    for code in (3, 5, 7):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(code)
+        os.waitpid(pid, 0)
+    pid = os.fork()
+    if pid == 0:
+        os.kill(os.getpid(), 9)
+    os.waitpid(pid, 0)
+    threads = [threading.Thread(target=lambda: None) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sys.exit(42)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def kernel_tracing() -> None:
+    need(os.geteuid() == 0, "needs root")
+    need(shutil.which("bpftrace") is not None, "needs bpftrace (make install as root)")
+
+
+def trace_json(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any], str]:
+    done = subprocess.run(
+        [*contend_command(), "trace", "--format", "json", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    try:
+        result = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"no JSON (rc {done.returncode}): {done.stderr}")
+    return done.returncode, result, done.stderr
+
+
+@pytest.fixture(scope="module")
+def known_run(kernel_tracing: None) -> tuple[int, dict[str, Any]]:
+    rc, result, err = trace_json("all", "--", sys.executable, "-c", KNOWN)
+    return rc, result
+
+
+def test_command_exit_status_is_ours(known_run: tuple[int, dict[str, Any]]) -> None:
+    rc, result = known_run
+    assert rc == 42
+    assert result["exit_status"] == 42
+    assert result["schema"] == "contend.trace/1" and result["backend"] == "bpftrace"
+    assert result["lost_events"] == 0
+
+
+def _main_pid(result: dict[str, Any]) -> int:
+    (pid,) = {r["pid"] for r in result["syscalls"] if r["syscall"] == "getsid"}
+    return int(pid)
+
+
+def test_exact_syscall_counts(known_run: tuple[int, dict[str, Any]]) -> None:
+    _, result = known_run
+    pid = _main_pid(result)
+    rows = {r["syscall"]: r for r in result["syscalls"] if r["pid"] == pid}
+    assert rows["getsid"]["count"] == 1234
+    assert rows["getsid"]["errors"] == 0
+    assert rows["getsid"]["blocking"] is False
+    assert rows["getsid"]["avg_ns"] > 0 and rows["getsid"]["max_ns"] >= rows["getsid"]["avg_ns"]
+    assert rows["exit_group"]["count"] == 1  # counted at entry: it never returns
+    assert rows["wait4"]["blocking"] is True
+    assert rows["wait4"]["count"] == 4
+
+
+def test_exact_io_counts_and_bytes(known_run: tuple[int, dict[str, Any]]) -> None:
+    _, result = known_run
+    pid = _main_pid(result)
+    devnull = [f for f in result["files"] if f["pid"] == pid and f["path"] == "/dev/null"]
+    by_op = {f["op"]: f for f in devnull}
+    assert by_op["write"]["count"] == 500
+    assert by_op["write"]["bytes"] == 500 * 37
+    assert by_op["openat"]["count"] == 1
+
+
+def test_process_lifecycle(known_run: tuple[int, dict[str, Any]]) -> None:
+    _, result = known_run
+    pid = _main_pid(result)
+    events = result["process"]
+    forks = [e for e in events if e["event"] == "fork" and e["ppid"] == pid]
+    assert len(forks) == 4
+    children = {e["pid"] for e in forks}
+    exits = {
+        e["pid"]: e
+        for e in events
+        if e["event"] == "exit" and e["pid"] in children and e["pid"] == e["tid"]
+    }
+    assert sorted((e["exit_code"], e["signal"]) for e in exits.values()) == [
+        (0, 9),
+        (3, 0),
+        (5, 0),
+        (7, 0),
+    ]
+    threads = [e for e in events if e["event"] == "thread" and e["pid"] == pid]
+    assert len(threads) == 4
+    main_exit = [e for e in events if e["event"] == "exit" and e["pid"] == pid and e["tid"] == pid]
+    assert [(e["exit_code"], e["signal"]) for e in main_exit] == [(42, 0)]
+    summary = {r["pid"]: r["syscalls"] for r in result["process_syscalls"]}
+    assert summary[pid] > 1234 + 500
+
+
+def test_text_output_has_the_original_blocks(kernel_tracing: None) -> None:
+    done = subprocess.run(
+        [
+            *contend_command(),
+            "trace",
+            "all",
+            "--",
+            sys.executable,
+            "-c",
+            "import os; os.write(1, b'hi\\n')",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for block in ("=== System Calls Summary ===", "=== Average Execution Time (ns) ===",
+                  "=== Process Activity Summary ===", "=== I/O Operations Summary ===",
+                  "=== CPU Scheduling Summary ==="):  # fmt: skip
+        assert block in done.stdout
+    assert "hi\n" in done.stdout
+
+
+def _busy_pinned(cpu: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", "while True: pass"],
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    )
+
+
+def test_two_pinned_busy_loops_share_one_cpu(kernel_tracing: None) -> None:
+    procs = [_busy_pinned(0), _busy_pinned(0)]
+    fs = ProcFS()
+    try:
+        time.sleep(0.5)
+        before = {p.pid: next(iter(fs.tasks([p.pid]))) for p in procs}
+        rc, result, err = trace_json(
+            "cpu", "--pid", str(procs[0].pid), "--pid", str(procs[1].pid), "--duration", "3"
+        )
+        after = {p.pid: next(iter(fs.tasks([p.pid]))) for p in procs}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert rc == 0, err
+    rows = {r["pid"]: r for r in result["cpu"] if r["tid"]}
+    total = sum(r["on_cpu_ns"] for r in rows.values())
+    for p in procs:
+        share = rows[p.pid]["on_cpu_ns"] / total
+        assert 0.45 <= share <= 0.55, share
+        # The trace window lies inside the schedstat window: compare per-second rates.
+        b, a = before[p.pid], after[p.pid]
+        assert a.slices is not None and b.slices is not None
+        assert a.run_queue_wait_ns is not None and b.run_queue_wait_ns is not None
+        assert a.on_cpu_ns is not None and b.on_cpu_ns is not None
+        sched_slices = a.slices - b.slices
+        sched_wait = a.run_queue_wait_ns - b.run_queue_wait_ns
+        sched_run = a.on_cpu_ns - b.on_cpu_ns
+        ours = rows[p.pid]
+        # Slice length and wait per slice agree with the kernel's own accounting.
+        assert ours["on_cpu_ns"] / ours["slices"] == pytest.approx(
+            sched_run / sched_slices, rel=0.10
+        )
+        rq = ours["run_queue_latency"]
+        assert rq["avg_ns"] == pytest.approx(sched_wait / sched_slices, rel=0.10)
+        assert ours["involuntary_switches"] >= 0.9 * ours["slices"]
+    assert result["fairness_index"] > 0.99
+
+
+@pytest.mark.parametrize("monitors", [("syscalls",), ("cpu",), ("process",), ("io",), MONITORS])
+@pytest.mark.parametrize(
+    "target",
+    [
+        Target(pids=(1, 2)),
+        Target(comm='x"; exit(); //'),
+        Target(command=("true",)),
+        Target(),
+        Target(cgroup=Path("/sys/fs/cgroup/unified"), cgroup_id=1),
+    ],
+    ids=["pid", "comm", "command", "system", "cgroup"],
+)
+def test_every_generated_program_compiles(
+    kernel_tracing: None, monitors: tuple[str, ...], target: Target
+) -> None:
+    program = build_program(
+        TraceOptions(monitors, target), initial_pids=(1,) if target.command else ()
+    )
+    ok, errors = bt.compile_check(program)
+    assert ok, errors + "\n" + program.text()
+
+
+def test_comm_is_a_parameter_never_code(kernel_tracing: None) -> None:
+    hostile = 'x"; exit(); //'
+    program = build_program(
+        TraceOptions(("syscalls", "cpu", "process", "io"), Target(comm=hostile))
+    )
+    assert hostile not in program.text() and "exit();" not in program.text()
+    assert program.predicate.positional == (hostile,)
+    rc, result, err = trace_json("syscalls", "--comm", hostile, "--duration", "0.5")
+    assert rc == 0, err
+    assert result["syscalls"] == []  # matched literally: no task has that name
+    done = subprocess.run(
+        [*contend_command(), "trace", "syscalls", "--comm", "a" * 16],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "longer than 15 bytes" in done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_no_bpftrace_outlives_contend(kernel_tracing: None, sig: int) -> None:
+    assert pgrep("bpftrace") == []
+    sleeper = subprocess.Popen(["sleep", "60"])
+    proc = subprocess.Popen(
+        [*contend_command(), "trace", "syscalls", "--pid", str(sleeper.pid), "--format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not pgrep("bpftrace") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # past the attach
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -9
+    else:
+        assert proc.returncode == 0, err
+        result = json.loads(out)
+        assert "stopped by a signal before the end" in result["notes"]
+    deadline = time.monotonic() + 5
+    while pgrep("bpftrace") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pgrep("bpftrace") == []
+
+
+def test_syscall_table_maps_known_numbers() -> None:
+    assert [syscall_name(n, "x86_64") for n in (0, 1, 39, 59, 202, 231)] == [
+        "read", "write", "getpid", "execve", "futex", "exit_group"]  # fmt: skip
+    assert [syscall_name(n, "aarch64") for n in (63, 64, 172, 221, 98, 94)] == [
+        "read", "write", "getpid", "execve", "futex", "exit_group"]  # fmt: skip
+    assert syscall_name(99999, "x86_64") == "syscall_99999"
