@@ -71,7 +71,7 @@ def trace_json(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any], s
 
 @pytest.fixture(scope="module")
 def known_run(kernel_tracing: None) -> tuple[int, dict[str, Any]]:
-    rc, result, err = trace_json("all", "--", sys.executable, "-c", KNOWN)
+    rc, result, _ = trace_json("all", "--", sys.executable, "-c", KNOWN)
     return rc, result
 
 
