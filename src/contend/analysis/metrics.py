@@ -49,6 +49,13 @@ def jain_index(values: Sequence[float]) -> float | None:
     return sum(values) ** 2 / (len(values) * square_sum)
 
 
+def busy_fairness(cpu_times: Sequence[float]) -> float | None:
+    """Jain's index over the tasks that used at least FAIRNESS_MIN_SHARE of the total, so
+    that an idle parent or master process does not read as unfairness."""
+    total = sum(cpu_times)
+    return jain_index([t for t in cpu_times if total and t >= FAIRNESS_MIN_SHARE * total])
+
+
 def request_metrics(requests: Sequence[RequestSample], duration_s: float) -> RequestMetrics:
     ok = sorted(r.latency_ns / 1e6 for r in requests if 200 <= r.status < 300)
     kinds: dict[str, int] = defaultdict(int)
@@ -188,8 +195,6 @@ def arm_metrics(arm: ArmRecord, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> ArmMe
 
     per_s = (lambda v: v / window_s) if window_s > 0 else (lambda v: None)
 
-    busy = [ns for ns in cpu_by_pid.values() if total_cpu and ns >= FAIRNESS_MIN_SHARE * total_cpu]
-
     first_cg, last_cg = (
         snaps[0].cgroup_cpu if snaps else None,
         snaps[-1].cgroup_cpu if snaps else None,
@@ -241,7 +246,7 @@ def arm_metrics(arm: ArmRecord, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> ArmMe
         cpu_share={role: ns / total_cpu for role, ns in sorted(cpu_by_role.items())}
         if total_cpu
         else {},
-        fairness_index=jain_index(busy),
+        fairness_index=busy_fairness([float(ns) for ns in cpu_by_pid.values()]),
         throttled_period_ratio=throttled_ratio,
         throttled_ms_per_s=throttled_ms,
         psi_cpu_some_pct=psi_pct("psi_system", "some_us"),

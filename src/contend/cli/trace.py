@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import click
 
+from contend.analysis.metrics import busy_fairness
 from contend.collect import bpftrace as bt
 from contend.collect.cgroups import detect_layout
 from contend.errors import ContendError, UsageError
@@ -77,6 +79,9 @@ def command(
     if events and fmt == "text":
         opts.on_event = lambda ev: click.echo(trace_text.format_event(ev))
     result = run_trace(opts)
+    if result.cpu:
+        threads = [float(r.on_cpu_ns) for r in result.cpu if r.tid]
+        result = dataclasses.replace(result, fairness_index=busy_fairness(threads))
     text = dumps(result.to_json_dict()) if fmt == "json" else trace_text.render(result)
     if output is not None:
         Path(output).write_text(text)

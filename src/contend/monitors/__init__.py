@@ -10,6 +10,7 @@ Ctrl-C, SIGTERM or the command's exit), stops the tracer and turns its maps into
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 from contend.collect import bpftrace as bt
 from contend.collect.procfs import ProcFS, ProcGone
-from contend.errors import Terminated
+from contend.errors import ContendError, Terminated
 from contend.model import Overhead, ProcessEvent, TraceEvent, TraceResult
 from contend.monitors import cpu, io, process, syscalls
 from contend.target import Target
@@ -33,10 +34,10 @@ _GATE = (
     "os.read(gate, 1)\n"
     "os.close(gate)\n"
     "try:\n"
-    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "    os.execv(sys.argv[2], sys.argv[3:])\n"
     "except OSError as e:\n"
     "    sys.stderr.write(f'contend: error: cannot run {sys.argv[2]!r}: {e.strerror}\\n')\n"
-    "    sys.exit(127)\n"
+    "    sys.exit(126)\n"
 )
 
 
@@ -60,10 +61,14 @@ class _Launched:
 
 
 def _launch(command: tuple[str, ...]) -> _Launched:
+    # Resolve the path here, so that the traced process makes one execve, not a PATH search.
+    path = shutil.which(command[0])
+    if path is None:
+        raise ContendError(f"command not found: {command[0]}", exit_code=127)
     r, w = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _GATE, str(r), *command],
+            [sys.executable, "-c", _GATE, str(r), path, *command],
             pass_fds=(r,),
         )
     finally:

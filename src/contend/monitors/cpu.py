@@ -175,10 +175,7 @@ def rows(out: Output) -> tuple[list[CpuRow], list[PreemptorRow], float | None]:
         pid_s, comm = split_key(key, 2)
         preempt.append(PreemptorRow(comm=comm, pid=int(pid_s), count=int(n)))
     preempt.sort(key=lambda p: -p.count)
-    busy = [float(r.on_cpu_ns) for r in out_rows if r.on_cpu_ns > 0]
-    fairness = None
-    if busy:
-        fairness = sum(busy) ** 2 / (len(busy) * sum(b * b for b in busy))
+    fairness = None  # computed by the analysis, over the threads that were busy
     if out_rows:
         total = RunQueueLatency(
             count=sum(r.run_queue_latency.count for r in out_rows),

@@ -63,10 +63,13 @@ def hist_lines(buckets: Sequence[HistBucket], unit: str, width: int = 40) -> lis
     first = buckets.index(nonzero[0])
     last = buckets.index(nonzero[-1])
     peak = max(b.count for b in nonzero)
+    shown = buckets[first : last + 1]
+    labels = [f"[{b.low}, {b.high + 1})" for b in shown]
+    pad = max(len(label) for label in labels)
     lines = []
-    for b in buckets[first : last + 1]:
+    for label, b in zip(labels, shown, strict=True):
         bar = "@" * round(width * b.count / peak) if b.count else ""
-        lines.append(f"  [{b.low}, {b.high + 1}) {unit:<3} {b.count:>8} |{bar:<{width}}|")
+        lines.append(f"  {label:<{pad}} {unit} {b.count:>8} |{bar:<{width}}|")
     return lines
 
 
@@ -136,8 +139,10 @@ def render(result: TraceResult, event_lines: Sequence[str] = ()) -> str:
                 right=(1, 2),
             )
         if result.fairness_index is not None:
-            n = len([r for r in result.cpu if r.tid and r.on_cpu_ns])
-            out.append(f"CPU fairness (Jain) over {n} threads: {result.fairness_index:.2f}")
+            out.append(
+                f"CPU fairness (Jain) over the busy threads (>= 1% of the target's CPU): "
+                f"{result.fairness_index:.2f}"
+            )
 
     if "process" in result.monitors:
         out += [""] + [
