@@ -160,3 +160,22 @@ def test_moderate_contention_without_throttling() -> None:
     v = verdict(m, cpu_limit=None)
     assert (v.contention, v.severity) == (True, "moderate")
     assert all("quota" not in c for c in v.causes)
+
+
+def test_syscall_latency_from_traced_rows() -> None:
+    from dataclasses import replace
+
+    from contend.model import SyscallRow
+
+    rows = (
+        SyscallRow(10, "app", "futex", 10, 0, 10_000_000, 1_000_000.0, 5_000_000, True),
+        SyscallRow(10, "app", "write", 100, 0, 1_000_000, 10_000.0, 50_000, False),
+        # exit_group: counted, never timed
+        SyscallRow(10, "app", "exit_group", 1, 0, 0, None, 0, False),
+    )
+    arm = replace(_arm(400, 40, 0, 0, 0), syscalls=rows, syscall_window_s=2.0)
+    m = arm_metrics(arm)
+    assert m.avg_syscall_time_us == pytest.approx(100.0)  # 11 ms over 110 timed calls
+    assert m.avg_nonblocking_syscall_time_us == pytest.approx(10.0)
+    assert m.syscalls_per_s == pytest.approx(55.5)  # 111 calls in 2 s
+    assert m.sources["avg_syscall_time_us"].startswith("exact")

@@ -35,6 +35,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
             "--json: directory /nonexistent/dir does not exist",
         ),
         (["--bogus"], "No such option '--bogus'"),
+        (["--backend", "dtrace"], "--backend: 'dtrace' is not one of auto, procfs, bpftrace"),
     ],
 )
 def test_lab_bad_input(args: list[str], message: str) -> None:

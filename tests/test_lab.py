@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -21,6 +22,7 @@ def lab_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from conftest import need
 
     need(os.geteuid() == 0, "needs root")
+    need(shutil.which("bpftrace") is not None, "needs bpftrace (make install as root)")
     out = tmp_path_factory.mktemp("lab") / "lab.json"
     before = contend_cgroups()
     done = subprocess.run(
@@ -42,7 +44,9 @@ def test_lab_schema_and_config(lab_json: dict[str, Any]) -> None:
     cfg = lab_json["config"]
     assert cfg["cpus"] == 0.5
     assert cfg["memory_bytes"] == 512 << 20
-    assert cfg["noise_workers"] == 2 and cfg["backend"] == "procfs" and cfg["duration_s"] == 5
+    assert (
+        cfg["noise_workers"] == 2 and cfg["backend"] == "procfs+bpftrace" and cfg["duration_s"] == 5
+    )
     # Calibrated to 40% of the quota: rate * cost = 0.2 CPU.
     assert cfg["rate_per_s"] * cfg["cost_per_request_ms"] / 1000 == pytest.approx(0.2, rel=1e-6)
     assert [a["name"] for a in lab_json["arms"]] == ["baseline", "contention"]
@@ -53,7 +57,9 @@ def test_lab_schema_and_config(lab_json: dict[str, Any]) -> None:
         for key in ("avg_on_cpu_slice_us", "run_queue_wait_per_slice_us", "wait_to_run_ratio",
                     "cpu_share", "fairness_index", "throttled_period_ratio", "psi_cpu_some_pct"):  # fmt: skip
             assert key in m
-        assert m["avg_syscall_time_us"] is None  # procfs cannot know it: null, not invented
+        # bpftrace timed every syscall of the app: blocking waits dominate the plain average.
+        assert m["avg_syscall_time_us"] > m["avg_nonblocking_syscall_time_us"] > 0
+        assert m["sources"]["avg_syscall_time_us"].startswith("exact")
         assert set(arm["verdict"]) >= {"contention", "severity", "evidence"}
         assert m["requests"]["count"] == int(cfg["rate_per_s"] * 5)
 
@@ -147,7 +153,7 @@ def test_lab_without_sandbox(tmp_path: Path) -> None:
     out = tmp_path / "lab.json"
     before = contend_cgroups()
     done = subprocess.run(
-        [*contend_command(), "lab", "--no-sandbox", "--duration", "2", "--noise-workers", "1",
+        [*contend_command(), "lab", "--no-sandbox", "--backend", "procfs", "--duration", "2", "--noise-workers", "1",
          "--rate", "5", "--json", str(out)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -160,6 +166,7 @@ def test_lab_without_sandbox(tmp_path: Path) -> None:
         m = arm["metrics"]
         assert m["throttled_period_ratio"] is None and m["psi_cgroup_cpu_some_pct"] is None
         assert m["requests"]["count"] == 10
+        assert m["avg_syscall_time_us"] is None  # procfs cannot know it: null, not invented
         assert m["wait_to_run_ratio"] is not None
     assert set(cont["metrics"]["cpu_share"]) == {"app", "noise"}
     # One noise process on a 2-CPU machine, no quota: it gets most of a CPU.

@@ -122,6 +122,9 @@ class ArmRecord:
     requests: tuple[RequestSample, ...]
     target_role: str = "app"
     cpu_limit: float | None = None
+    # The target's syscalls, when a tracer ran beside the sampling (exact counts, latency).
+    syscalls: tuple[SyscallRow, ...] | None = None
+    syscall_window_s: float | None = None
 
     @property
     def duration_s(self) -> float:
@@ -175,6 +178,7 @@ class ArmMetrics:
     run_queue_wait_per_slice_us: float | None
     wait_to_run_ratio: float | None
     avg_syscall_time_us: float | None
+    avg_nonblocking_syscall_time_us: float | None
     syscalls_per_s: float | None
     cpu_cores: dict[str, float]
     cpu_share: dict[str, float]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from contend.analysis.thresholds import FAIRNESS_MIN_SHARE
 from contend.model import (
+    EXACT,
     SAMPLED,
     UNAVAILABLE,
     ArmMetrics,
@@ -19,6 +20,7 @@ from contend.model import (
     RequestSample,
     Snapshot,
     SwitchRates,
+    SyscallRow,
     TaskStat,
 )
 
@@ -161,6 +163,12 @@ def io_syscalls(snapshots: Sequence[Snapshot], pids: set[int]) -> int | None:
     return total
 
 
+def _avg_latency_us(rows: Sequence[SyscallRow]) -> float | None:
+    """Mean latency over every timed call (avg_ns weights each row by its timed calls)."""
+    timed = sum(r.total_ns / r.avg_ns for r in rows if r.avg_ns)
+    return sum(r.total_ns for r in rows) / timed / 1e3 if timed else None
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
@@ -218,15 +226,26 @@ def arm_metrics(arm: ArmRecord, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> ArmMe
         return 100.0 * float(y - x) / 1e6 / window_s
 
     target_pids = {pid for pid, role in role_of.items() if role == arm.target_role}
-    syscalls = io_syscalls(snaps, target_pids)
+    io_calls = io_syscalls(snaps, target_pids)
+    syscalls_per_s = per_s(io_calls) if io_calls is not None else None
+    syscall_source = SAMPLED + ": /proc/PID/io syscr+syscw (read- and write-like calls only)"
+    avg_all = avg_work = None
+    latency_source = UNAVAILABLE + ": procfs has no syscall latency (needs bpftrace or tracefs)"
+    if arm.syscalls is not None:
+        rows = arm.syscalls
+        avg_all = _avg_latency_us([r for r in rows])
+        avg_work = _avg_latency_us([r for r in rows if not r.blocking])
+        window = arm.syscall_window_s or arm.duration_s
+        syscalls_per_s = sum(r.count for r in rows) / window if window else None
+        syscall_source = EXACT + ": bpftrace raw_syscalls, every call of the target"
+        latency_source = EXACT + ": bpftrace, sys_enter to sys_exit of every call"
 
     sources = {
         "context_switches_per_s": SAMPLED + ": /proc/PID/task/TID/status",
         "avg_on_cpu_slice_us": SAMPLED + ": /proc/PID/task/TID/schedstat",
         "run_queue_wait_per_slice_us": SAMPLED + ": /proc/PID/task/TID/schedstat",
-        "avg_syscall_time_us": UNAVAILABLE
-        + ": procfs has no syscall latency (needs bpftrace or tracefs)",
-        "syscalls_per_s": SAMPLED + ": /proc/PID/io syscr+syscw (read- and write-like calls only)",
+        "avg_syscall_time_us": latency_source,
+        "syscalls_per_s": syscall_source,
         "throttled_period_ratio": SAMPLED + ": cgroup cpu.stat",
         "psi_cpu_some_pct": SAMPLED + ": /proc/pressure/cpu total",
         "psi_cgroup_cpu_some_pct": SAMPLED + ": cgroup cpu.pressure total",
@@ -238,8 +257,9 @@ def arm_metrics(arm: ArmRecord, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> ArmMe
         avg_on_cpu_slice_us=_ratio(on_cpu / 1e3 if on_cpu is not None else None, slices),
         run_queue_wait_per_slice_us=_ratio(wait / 1e3 if wait is not None else None, slices),
         wait_to_run_ratio=_ratio(wait, on_cpu),
-        avg_syscall_time_us=None,
-        syscalls_per_s=per_s(syscalls) if syscalls is not None else None,
+        avg_syscall_time_us=avg_all,
+        avg_nonblocking_syscall_time_us=avg_work,
+        syscalls_per_s=syscalls_per_s,
         cpu_cores={role: ns / 1e9 / window_s for role, ns in sorted(cpu_by_role.items())}
         if window_s > 0
         else {},

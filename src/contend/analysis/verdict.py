@@ -113,17 +113,32 @@ def reference_rows(base: ArmMetrics, cont: ArmMetrics) -> tuple[ReferenceRow, ..
 
     b_sys, c_sys = base.avg_syscall_time_us, cont.avg_syscall_time_us
     holds = None if b_sys is None or c_sys is None else (b_sys <= 10 and c_sys >= 100)
+
+    def syscall_time(m: ArmMetrics) -> str:
+        if m.avg_syscall_time_us is None:
+            return "n/a"
+        return (
+            f"{_fmt_time_us(m.avg_syscall_time_us)} "
+            f"(non-blocking {_fmt_time_us(m.avg_nonblocking_syscall_time_us)})"
+        )
+
+    if holds is None:
+        note = "not measured: procfs has no syscall latency"
+    elif holds:
+        note = "holds"
+    elif b_sys is not None and b_sys > 10:
+        note = "contradicted: blocking waits dominate the average in both"
+    else:
+        note = "contradicted: not in the ranges"
     rows.append(
         ReferenceRow(
             "Avg syscall time",
             "1-10 us",
             "100+ us",
-            _fmt(b_sys, ".1f", " us"),
-            _fmt(c_sys, ".1f", " us"),
+            syscall_time(base),
+            syscall_time(cont),
             holds,
-            "not measured: procfs has no syscall latency"
-            if holds is None
-            else ("holds" if holds else "contradicted"),
+            note,
         )
     )
 
@@ -213,6 +228,13 @@ def separating_rows(base: ArmMetrics, cont: ArmMetrics) -> tuple[SeparatingRow, 
             points,
         ),
         ("system PSI some", base.psi_cpu_some_pct, cont.psi_cpu_some_pct, "%", points),
+        (
+            "app syscall avg, non-blocking",
+            base.avg_nonblocking_syscall_time_us,
+            cont.avg_nonblocking_syscall_time_us,
+            "us",
+            factor,
+        ),
         ("app CPU", base.cpu_cores.get("app"), cont.cpu_cores.get("app"), "CPUs", None),
     ]
     out = []

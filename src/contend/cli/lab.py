@@ -62,6 +62,12 @@ class RichProgress:
     "--n", "compute_n", default=str(DEFAULT_N), show_default=True, help="Work per /compute request."
 )
 @click.option(
+    "--backend",
+    default="auto",
+    show_default=True,
+    help="procfs, bpftrace (adds the app's exact syscall counts and latency) or auto.",
+)
+@click.option(
     "--no-sandbox", is_flag=True, help="Run without a cgroup (no root needed, no limits)."
 )
 @click.option(
@@ -78,6 +84,7 @@ def command(
     rate: str | None,
     concurrency: str,
     compute_n: str,
+    backend: str,
     no_sandbox: bool,
     json_path: str | None,
 ) -> int:
@@ -91,6 +98,7 @@ def command(
         concurrency=parse_positive_int("--concurrency", concurrency, 1, 1024),
         compute_n=parse_positive_int("--n", compute_n, 1, MAX_N),
         sandbox=not no_sandbox,
+        backend=_backend(backend),
     )
     if json_path is not None:
         parent = Path(json_path).resolve().parent
@@ -110,6 +118,12 @@ def command(
     if json_path is not None:
         Path(json_path).write_text(render_json.render_lab(result))
     return 0
+
+
+def _backend(value: str) -> str:
+    if value not in ("auto", "procfs", "bpftrace"):
+        raise UsageError(f"--backend: {value!r} is not one of auto, procfs, bpftrace")
+    return value
 
 
 def _parse_rate(value: str) -> float:

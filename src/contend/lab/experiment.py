@@ -21,6 +21,7 @@ from typing import IO, Protocol
 
 from contend.analysis.metrics import arm_metrics
 from contend.analysis.verdict import reference_rows, separating_rows, verdict
+from contend.collect import bpftrace as bt
 from contend.collect.procfs import ProcFS, ProcGone
 from contend.collect.sampler import Sampler
 from contend.errors import ContendError
@@ -28,7 +29,9 @@ from contend.lab import app as app_module
 from contend.lab import load
 from contend.lab.sandbox import Limits, Sandbox
 from contend.model import ArmRecord, ArmResult, LabConfig, LabResult, RequestSample
+from contend.monitors import TraceOptions, build_program, syscalls
 from contend.prctl import die_with_parent
+from contend.target import Target
 
 # Calibration: the baseline uses this share of the CPU the app can get (the quota, at most
 # one CPU: one gunicorn worker runs Python code on one CPU at a time, GIL).
@@ -49,6 +52,9 @@ class LabOptions:
     sandbox: bool = True
     sample_interval_s: float = 0.25
     request_timeout_s: float = load.DEFAULT_TIMEOUT_S
+    # "procfs": sampling only; "bpftrace": also the app's syscalls, exact, with latency;
+    # "auto": bpftrace when available (root and bpftrace installed).
+    backend: str = "auto"
 
 
 class Progress(Protocol):
@@ -204,9 +210,14 @@ class Lab:
             procfs=self.procfs,
         )
         self.progress.phase(name, max(int(rate * opts.duration_s), 1))
+        tracer = self._syscall_tracer()
         sampler.start()
         start = time.monotonic_ns()
+        traced_from = time.monotonic()
         try:
+            if tracer is not None:
+                tracer.start()
+                traced_from = time.monotonic()
             requests = load.run_load(
                 url,
                 rate,
@@ -216,6 +227,8 @@ class Lab:
                 on_result=self.progress.request_done,
             )
         finally:
+            traced_s = time.monotonic() - traced_from if tracer is not None else None
+            out = tracer.stop() if tracer is not None else None
             snapshots = sampler.stop()
         end = time.monotonic_ns()
         return ArmRecord(
@@ -226,7 +239,29 @@ class Lab:
             roles=dict(self.roles),
             requests=tuple(requests),
             cpu_limit=sb.limits.cpus if sb else None,
+            syscalls=tuple(syscalls.rows(out)) if out is not None else None,
+            syscall_window_s=traced_s,
         )
+
+    @property
+    def use_bpftrace(self) -> bool:
+        if self.options.backend == "procfs":
+            return False
+        ok, why = bt.available()
+        if not ok and self.options.backend == "bpftrace":
+            raise ContendError(f"--backend bpftrace: {why}")
+        return ok
+
+    def _syscall_tracer(self) -> bt.Bpftrace | None:
+        """bpftrace counting and timing every syscall of the app's processes."""
+        if not self.use_bpftrace:
+            return None
+        self.pids()  # learn the roles of what runs now
+        app_pids = tuple(sorted(pid for pid, role in self.roles.items() if role == "app"))
+        if not app_pids:
+            raise ContendError("the lab app has no running process to trace")
+        program = build_program(TraceOptions(("syscalls",), Target(pids=app_pids)))
+        return bt.Bpftrace(program)
 
     def run(self) -> LabResult:
         opts = self.options
@@ -260,7 +295,7 @@ class Lab:
             noise_workers=opts.noise_workers,
             rate_per_s=rate,
             duration_s=opts.duration_s,
-            backend="procfs",
+            backend="procfs+bpftrace" if baseline.syscalls is not None else "procfs",
             concurrency=opts.concurrency,
             compute_n=opts.compute_n,
             cost_per_request_ms=cost_s * 1e3 if cost_s is not None else None,
