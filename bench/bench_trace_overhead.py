@@ -77,10 +77,9 @@ def tracers() -> dict[str, list[str] | None]:
 
 
 def loop_ns(prefix: list[str], storm: list[str]) -> int:
-    if prefix and prefix[0] == "bpftrace":
-        cmd = [*prefix, " ".join(storm)]  # bpftrace -c takes one string
-    else:
-        cmd = [*prefix, *storm]
+    # bpftrace -c takes the command as one string.
+    one_string = bool(prefix) and prefix[0] == "bpftrace"
+    cmd = [*prefix, " ".join(storm)] if one_string else [*prefix, *storm]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     numbers = [line.strip() for line in done.stdout.splitlines() if line.strip().isdigit()]
     if not numbers:
