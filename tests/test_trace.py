@@ -284,3 +284,64 @@ def test_syscall_table_maps_known_numbers() -> None:
     assert [syscall_name(n, "aarch64") for n in (63, 64, 172, 221, 98, 94)] == [
         "read", "write", "getpid", "execve", "futex", "exit_group"]  # fmt: skip
     assert syscall_name(99999, "x86_64") == "syscall_99999"
+
+
+SAMPLED = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    time.sleep(0.3)
+    child = subprocess.Popen(["sleep", "0.5"])
+    fd = os.open("/dev/null", os.O_WRONLY)
+    for _ in range(500):
+        os.write(fd, b"x" * 10)
+    end = time.thread_time() + 0.2
+    while time.thread_time() < end:
+        pass
+    child.wait()
+    time.sleep(0.3)
+    sys.exit(7)
+    """
+)
+
+
+def test_procfs_backend_without_a_tracer() -> None:
+    """--backend procfs: sampled counts of a program whose behaviour we know."""
+    rc, result, err = trace_json("all", "--backend", "procfs", "--", sys.executable, "-c", SAMPLED)
+    assert rc == 7, err
+    assert result["backend"] == "procfs" and result["exit_status"] == 7
+    assert result["syscalls"] == []
+    assert any("syscalls: unavailable on procfs" in n for n in result["notes"])
+    main = next(e["pid"] for e in result["process"] if e["event"] == "exit" and e["exit_code"] == 7)
+    writes = {r["op"]: r for r in result["io"] if r["pid"] == main}["write-like"]
+    assert 500 <= writes["count"] <= 505 and 5000 <= writes["bytes"] <= 5100
+    cpu = {r["pid"]: r for r in result["cpu"] if r["tid"] == r["pid"]}
+    assert 0.2e9 <= cpu[main]["on_cpu_ns"] <= 0.6e9
+    assert cpu[main]["wakeups"] is None  # procfs cannot see them: null, not 0
+    forks = [e for e in result["process"] if e["event"] == "fork" and e["ppid"] == main]
+    assert [e["comm"] for e in forks] == ["sleep"]
+    assert result["overhead"]["tracer_cpu_s"] < 1.0
+
+
+def test_auto_falls_back_to_procfs_without_bpftrace(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a user without root sees: auto picks procfs and says why."""
+    from contend import cli
+
+    monkeypatch.setattr(bt, "available", lambda: (False, "bpftrace needs root"))
+    rc = cli.main(
+        [
+            "trace",
+            "cpu",
+            "--format",
+            "json",
+            "--",
+            sys.executable,
+            "-c",
+            "import time; time.sleep(0.3)",
+        ]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert result["backend"] == "procfs"
+    assert result["notes"][0] == "backend auto -> procfs: bpftrace needs root"

@@ -43,6 +43,7 @@ class TaskStat:
     on_cpu_ns: int | None
     run_queue_wait_ns: int | None
     slices: int | None
+    ppid: int | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -57,6 +58,9 @@ class ProcessIO:
     start_ticks: int
     syscr: int
     syscw: int
+    rchar: int = 0  # bytes passed to read-like calls (also from the page cache)
+    wchar: int = 0
+    comm: str = ""
 
     @property
     def key(self) -> tuple[int, int]:
@@ -323,7 +327,7 @@ class CpuRow:
     slices: int
     voluntary_switches: int
     involuntary_switches: int
-    wakeups: int
+    wakeups: int | None  # None: the backend cannot see wakeups (procfs)
     run_queue_latency: RunQueueLatency
     slice_hist: tuple[HistBucket, ...]  # microseconds
 
@@ -365,6 +369,19 @@ class FileRow:
     op: str
     count: int
     bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class SampledTrace:
+    """What the procfs backend of `contend trace` collected: snapshots of the target's
+    tasks and the lifecycle events seen between them."""
+
+    snapshots: tuple[Snapshot, ...]
+    events: tuple[ProcessEvent, ...]
+    duration_s: float
+    exit_status: int | None
+    notes: tuple[str, ...]
+    tracer_cpu_s: float | None
 
 
 @dataclass(frozen=True, slots=True)

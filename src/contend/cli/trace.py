@@ -9,15 +9,17 @@ from pathlib import Path
 import click
 
 from contend.analysis.metrics import busy_fairness
+from contend.analysis.sampled_trace import trace_result
 from contend.collect import bpftrace as bt
 from contend.collect.cgroups import detect_layout
 from contend.errors import ContendError, UsageError
 from contend.monitors import MONITORS, TraceOptions, build_program, run_trace
+from contend.monitors.sampled import run_sampled
 from contend.render import trace_text
 from contend.render.json import dumps
 from contend.target import parse_duration, resolve_target
 
-BACKENDS = ("auto", "bpftrace")
+BACKENDS = ("auto", "bpftrace", "procfs")
 
 
 @click.command("trace")
@@ -30,7 +32,9 @@ BACKENDS = ("auto", "bpftrace")
 @click.option(
     "--duration", help="Stop after this many seconds (default: Ctrl-C or the command's exit)."
 )
-@click.option("--backend", default="auto", show_default=True, help="auto or bpftrace.")
+@click.option(
+    "--backend", default="auto", show_default=True, help="bpftrace, procfs (no root) or auto."
+)
 @click.option("--format", "fmt", default="text", show_default=True, help="text or json.")
 @click.option("-o", "--output", help="Write the result to this file instead of stdout.")
 @click.option("--events", is_flag=True, help="Also stream per-event lines (cpu, io, process).")
@@ -74,12 +78,22 @@ def command(
         click.echo(build_program(opts, initial_pids=(0,) if command_args else ()).text(), nl=False)
         return 0
     ok, why = bt.available()
-    if not ok:
-        raise ContendError(f"no tracing backend: {why}")
-    if events and fmt == "text":
-        opts.on_event = lambda ev: click.echo(trace_text.format_event(ev))
-    result = run_trace(opts)
-    if result.cpu:
+    if backend == "bpftrace" and not ok:
+        raise ContendError(f"--backend bpftrace: {why}")
+    if backend == "procfs" or not ok:
+        if events:
+            raise UsageError("--events needs the bpftrace backend (root and bpftrace)")
+        sampled = run_sampled(target, seconds)
+        result = trace_result(sampled, chosen, target.describe())
+        if backend == "auto":
+            result = dataclasses.replace(
+                result, notes=(f"backend auto -> procfs: {why}", *result.notes)
+            )
+    else:
+        if events and fmt == "text":
+            opts.on_event = lambda ev: click.echo(trace_text.format_event(ev))
+        result = run_trace(opts)
+    if result.cpu and result.backend == "bpftrace":
         threads = [float(r.on_cpu_ns) for r in result.cpu if r.tid]
         result = dataclasses.replace(result, fairness_index=busy_fairness(threads))
     text = dumps(result.to_json_dict()) if fmt == "json" else trace_text.render(result)

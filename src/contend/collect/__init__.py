@@ -25,7 +25,7 @@ TRACEFS = Path("/sys/kernel/tracing")
 #   tracefs:  exact per-event timeline, heavier to read (issue: tracefs backend)
 #   procfs:   sampled, no root needed; always there
 BACKENDS = ("bpftrace", "tracefs", "procfs")
-IMPLEMENTED = frozenset({"procfs"})
+IMPLEMENTED = frozenset({"bpftrace", "procfs"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +128,9 @@ def choose_backend(requested: str = "auto") -> tuple[str, str]:
         if requested not in BACKENDS:
             raise ValueError(requested)
         return requested, "requested"
-    for name in BACKENDS:
-        if name not in IMPLEMENTED:
-            continue
-        skipped = [b for b in BACKENDS[: BACKENDS.index(name)] if b not in IMPLEMENTED]
-        return name, (
-            "unprivileged sampling of /proc, schedstat, cgroup cpu.stat and PSI"
-            + (f" ({', '.join(skipped)}: not in this version yet)" if skipped else "")
-        )
-    raise AssertionError("procfs is always implemented")
+    from contend.collect import bpftrace
+
+    ok, why = bpftrace.available()
+    if ok:
+        return "bpftrace", "root and bpftrace: exact counts and latencies, aggregated in the kernel"
+    return "procfs", f"unprivileged sampling of /proc, schedstat, cgroup cpu.stat and PSI ({why})"

@@ -201,6 +201,7 @@ class ProcFS:
             on_cpu_ns=sched[0],
             run_queue_wait_ns=sched[1],
             slices=sched[2],
+            ppid=st.ppid,
         )
 
     def tasks(self, pids: Iterable[int]) -> Iterator[TaskStat]:
@@ -214,11 +215,19 @@ class ProcFS:
         """syscr/syscw of a process, or None if it vanished or /proc/PID/io is not ours
         to read (it needs ptrace-read access: same user, or root)."""
         try:
-            start = self.stat(pid).start_ticks
+            st = self.stat(pid)
             values = parse_io(self._read(pid, "io"))
         except (ProcGone, PermissionError):
             return None
-        return ProcessIO(pid=pid, start_ticks=start, syscr=values["syscr"], syscw=values["syscw"])
+        return ProcessIO(
+            pid=pid,
+            start_ticks=st.start_ticks,
+            syscr=values["syscr"],
+            syscw=values["syscw"],
+            rchar=values.get("rchar", 0),
+            wchar=values.get("wchar", 0),
+            comm=st.comm,
+        )
 
     def children(self, pid: int) -> list[int]:
         """Direct children of every thread of `pid` (fs/proc/array.c, CONFIG_PROC_CHILDREN)."""

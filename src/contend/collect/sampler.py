@@ -31,6 +31,13 @@ class Sampler:
         self._snapshots: list[Snapshot] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.cpu_s = 0.0  # CPU time the sampling itself used
+
+    def _timed_snapshot(self) -> Snapshot:
+        started = time.thread_time()
+        snap = self.snapshot()
+        self.cpu_s += time.thread_time() - started
+        return snap
 
     def snapshot(self) -> Snapshot:
         pids = sorted(set(self._pids()))
@@ -52,10 +59,10 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
-            self._snapshots.append(self.snapshot())
+            self._snapshots.append(self._timed_snapshot())
 
     def start(self) -> None:
-        self._snapshots = [self.snapshot()]
+        self._snapshots = [self._timed_snapshot()]
         self._thread = threading.Thread(target=self._run, name="contend-sampler", daemon=True)
         self._thread.start()
 
@@ -63,5 +70,5 @@ class Sampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self._snapshots.append(self.snapshot())
+        self._snapshots.append(self._timed_snapshot())
         return tuple(self._snapshots)

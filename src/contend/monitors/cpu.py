@@ -193,7 +193,7 @@ def rows(out: Output) -> tuple[list[CpuRow], list[PreemptorRow], float | None]:
                 slices=sum(r.slices for r in out_rows),
                 voluntary_switches=sum(r.voluntary_switches for r in out_rows),
                 involuntary_switches=sum(r.involuntary_switches for r in out_rows),
-                wakeups=sum(r.wakeups for r in out_rows),
+                wakeups=sum(r.wakeups or 0 for r in out_rows),
                 run_queue_latency=total,
                 slice_hist=slice_hist,
             )

@@ -34,14 +34,19 @@ def format_event(ev: TraceEvent) -> str:
         return f"[{stamp}] New thread created in {ev.comm} (PID:{ev.pid}, TID:{ev.tid})"
     if ev.event == "exec":
         return f"[{stamp}] Exec: {ev.comm} (PID:{ev.pid})"
-    how = f"signal {ev.signal}" if ev.signal else f"exit code {ev.exit_code}"
+    if ev.signal:
+        how = f"signal {ev.signal}"
+    elif ev.exit_code is None:
+        how = "exit code unknown"
+    else:
+        how = f"exit code {ev.exit_code}"
     what = "Process" if ev.pid == ev.tid else "Thread"
     return f"[{stamp}] {what} exit: {ev.comm} (PID:{ev.pid}, TID:{ev.tid}) {how}"
 
 
 def _table(rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> list[str]:
-    if not rows:
-        return []
+    if len(rows) <= 1:
+        return ["(none)"]
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
     out = []
@@ -117,7 +122,8 @@ def render(result: TraceResult, event_lines: Sequence[str] = ()) -> str:
             rows.append(
                 [r.comm, r.pid or "", r.tid or "", f"{r.on_cpu_ns / 1e6:.1f}", r.slices,
                  "-" if avg_slice is None else f"{avg_slice:.0f}", r.voluntary_switches,
-                 r.involuntary_switches, r.wakeups, "-" if rq is None else f"{rq / 1000:.0f}"]
+                 r.involuntary_switches, "-" if r.wakeups is None else r.wakeups,
+                 "-" if rq is None else f"{rq / 1000:.0f}"]
             )  # fmt: skip
         out += _table(rows, right=(1, 2, 3, 4, 5, 6, 7, 8, 9))
         if summary:
@@ -164,11 +170,14 @@ def render(result: TraceResult, event_lines: Sequence[str] = ()) -> str:
 
     cost = result.overhead
     cpu_s = "n/a" if cost.tracer_cpu_s is None else f"{cost.tracer_cpu_s:.2f} s"
-    out += [
-        "",
-        f"cost: tracer CPU {cpu_s} (user space; in-kernel probe time is charged to the traced "
-        f"tasks), {cost.events} events counted, {result.lost_events} lost",
-    ]
+    if result.backend == "procfs":
+        out += ["", f"cost: sampler CPU {cpu_s}, {cost.events} samples"]
+    else:
+        out += [
+            "",
+            f"cost: tracer CPU {cpu_s} (user space; in-kernel probe time is charged to the "
+            f"traced tasks), {cost.events} events counted, {result.lost_events} lost",
+        ]
     if result.exit_status is not None:
         out.append(f"command exited with status {result.exit_status}")
     return "\n".join(out) + "\n"
