@@ -345,3 +345,25 @@ def test_auto_falls_back_to_procfs_without_bpftrace(
     assert rc == 0
     assert result["backend"] == "procfs"
     assert result["notes"][0] == "backend auto -> procfs: bpftrace needs root"
+
+
+def test_lost_events_are_counted_and_said(kernel_tracing: None, tmp_path: Path) -> None:
+    """A one-page event buffer cannot keep up with 100k writes: losses are reported."""
+    storm = "import os\nfd = os.open('/dev/null', os.O_WRONLY)\nfor _ in range(100000):\n    os.write(fd, b'x')\n"
+    args = ["io", "--events", "--buffer-pages", "1", "--", sys.executable, "-c", storm]
+    rc, result, err = trace_json(*args)
+    assert rc == 0, err
+    assert result["lost_events"] > 0
+    assert f"{result['lost_events']} events were lost: results are incomplete" in result["notes"]
+    # The in-kernel counts do not go through that buffer: still exact.
+    writes = [r for r in result["io"] if r["op"] == "write"]
+    assert sum(r["count"] for r in writes) >= 100000
+    done = subprocess.run(
+        [*contend_command(), "trace", *args], capture_output=True, text=True, timeout=120
+    )
+    assert "events were lost: results are incomplete" in done.stdout
+    assert done.stdout.rstrip().splitlines()[-2].endswith(" lost") and " 0 lost" not in done.stdout
+    bad = subprocess.run(
+        [*contend_command(), "trace", "io", "--buffer-pages", "3"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "not a power of 2" in bad.stderr

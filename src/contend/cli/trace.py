@@ -17,7 +17,7 @@ from contend.monitors import MONITORS, TraceOptions, build_program, run_trace
 from contend.monitors.sampled import run_sampled
 from contend.render import trace_text
 from contend.render.json import dumps
-from contend.target import parse_duration, resolve_target
+from contend.target import parse_duration, parse_positive_int, resolve_target
 
 BACKENDS = ("auto", "bpftrace", "procfs")
 
@@ -39,6 +39,10 @@ BACKENDS = ("auto", "bpftrace", "procfs")
 @click.option("-o", "--output", help="Write the result to this file instead of stdout.")
 @click.option("--events", is_flag=True, help="Also stream per-event lines (cpu, io, process).")
 @click.option(
+    "--buffer-pages",
+    help="Pages per CPU of the buffer that carries events (power of 2; bpftrace's default 64).",
+)
+@click.option(
     "--print-program", is_flag=True, help="Print the generated bpftrace program and exit."
 )
 @click.pass_context
@@ -53,6 +57,7 @@ def command(
     fmt: str,
     output: str | None,
     events: bool,
+    buffer_pages: str | None,
     print_program: bool,
 ) -> int:
     """Trace syscalls, cpu, process and/or io (or all) of a target; `-- CMD ARGS` launches
@@ -73,7 +78,12 @@ def command(
     seconds = parse_duration("--duration", duration, 0.1, 86400 * 7) if duration else None
     if output is not None and not Path(output).resolve().parent.is_dir():
         raise UsageError(f"-o: directory {Path(output).resolve().parent} does not exist")
-    opts = TraceOptions(chosen, target, seconds, events=events)
+    pages = None
+    if buffer_pages is not None:
+        pages = parse_positive_int("--buffer-pages", buffer_pages, 1, 65536)
+        if pages & (pages - 1):
+            raise UsageError(f"--buffer-pages: {pages} is not a power of 2")
+    opts = TraceOptions(chosen, target, seconds, events=events, buffer_pages=pages)
     if print_program:
         click.echo(build_program(opts, initial_pids=(0,) if command_args else ()).text(), nl=False)
         return 0

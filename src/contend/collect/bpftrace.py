@@ -169,8 +169,10 @@ class Bpftrace:
         program: Program,
         on_printf: Callable[[str], None] | None = None,
         start_timeout_s: float = 60.0,
+        buffer_pages: int | None = None,
     ) -> None:
         self.program = program
+        self.buffer_pages = buffer_pages
         self.on_printf = on_printf
         self.start_timeout_s = start_timeout_s
         self.output = Output()
@@ -194,6 +196,9 @@ class Bpftrace:
             *self.program.predicate.positional,
         ]
         env = dict(os.environ, BPFTRACE_STRLEN=STRLEN)
+        if self.buffer_pages is not None:
+            # Pages per CPU of the perf ring buffer that carries printf events (default 64).
+            env["BPFTRACE_PERF_RB_PAGES"] = str(int(self.buffer_pages))
         self.proc = subprocess.Popen(
             cmd,
             env=env,

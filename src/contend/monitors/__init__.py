@@ -47,6 +47,7 @@ class TraceOptions:
     target: Target
     duration_s: float | None = None
     events: bool = False
+    buffer_pages: int | None = None  # perf ring buffer pages per CPU for events
     on_event: Callable[[TraceEvent], None] | None = None  # --events, as they arrive
 
 
@@ -151,7 +152,9 @@ def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) ->
     if opts.target.cgroup is not None and opts.target.cgroup_id is None:
         initial = tuple(_cgroup_pids(opts.target))
     collector = _Collector(opts)
-    tracer = bt.Bpftrace(build_program(opts, initial), on_printf=collector)
+    tracer = bt.Bpftrace(
+        build_program(opts, initial), on_printf=collector, buffer_pages=opts.buffer_pages
+    )
     exit_status: int | None = None
     notes: list[str] = []
     started = time.monotonic()
