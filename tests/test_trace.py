@@ -367,3 +367,32 @@ def test_lost_events_are_counted_and_said(kernel_tracing: None, tmp_path: Path) 
         [*contend_command(), "trace", "io", "--buffer-pages", "3"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "not a power of 2" in bad.stderr
+
+
+def test_interval_prints_summaries_so_far(kernel_tracing: None) -> None:
+    """--interval 0.3 over a 1.5 s command that calls getsid 100 times every 0.1 s."""
+    program = "import os, time\nfor _ in range(15):\n    [os.getsid(0) for _ in range(100)]\n    time.sleep(0.1)\n"
+    done = subprocess.run(
+        [*contend_command(), "trace", "syscalls", "--interval", "0.3", "--format", "json",
+         "--", sys.executable, "-c", program],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    intervals = [json.loads(line) for line in lines if line.startswith('{"')]
+    final = json.loads("\n".join(lines[len(intervals) :]))
+
+    def getsid(doc: dict[str, Any]) -> int:
+        return sum(r["count"] for r in doc["syscalls"] if r["syscall"] == "getsid")
+
+    counts = [getsid(doc) for doc in intervals]
+    assert len(intervals) >= 3
+    assert counts == sorted(counts) and 0 < counts[0] < 1500
+    assert getsid(final) == 1500
+
+
+@pytest.mark.parametrize("monitors", [("process",), MONITORS])
+def test_interval_programs_compile(kernel_tracing: None, monitors: tuple[str, ...]) -> None:
+    opts = TraceOptions(monitors, Target(pids=(1,)), interval_s=1.0, events=True)
+    ok, errors = bt.compile_check(build_program(opts))
+    assert ok, errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from contend.analysis.sampled_trace import trace_result
 from contend.collect import bpftrace as bt
 from contend.collect.cgroups import detect_layout
 from contend.errors import ContendError, UsageError
+from contend.model import TraceResult
 from contend.monitors import MONITORS, TraceOptions, build_program, run_trace
 from contend.monitors.sampled import run_sampled
 from contend.render import trace_text
@@ -38,6 +40,7 @@ BACKENDS = ("auto", "bpftrace", "procfs")
 @click.option("--format", "fmt", default="text", show_default=True, help="text or json.")
 @click.option("-o", "--output", help="Write the result to this file instead of stdout.")
 @click.option("--events", is_flag=True, help="Also stream per-event lines (cpu, io, process).")
+@click.option("--interval", help="Also print the summary so far every S seconds.")
 @click.option(
     "--buffer-pages",
     help="Pages per CPU of the buffer that carries events (power of 2; bpftrace's default 64).",
@@ -57,6 +60,7 @@ def command(
     fmt: str,
     output: str | None,
     events: bool,
+    interval: str | None,
     buffer_pages: str | None,
     print_program: bool,
 ) -> int:
@@ -83,7 +87,10 @@ def command(
         pages = parse_positive_int("--buffer-pages", buffer_pages, 1, 65536)
         if pages & (pages - 1):
             raise UsageError(f"--buffer-pages: {pages} is not a power of 2")
-    opts = TraceOptions(chosen, target, seconds, events=events, buffer_pages=pages)
+    every = parse_duration("--interval", interval, 0.1, 86400) if interval else None
+    opts = TraceOptions(
+        chosen, target, seconds, events=events, buffer_pages=pages, interval_s=every
+    )
     if print_program:
         click.echo(build_program(opts, initial_pids=(0,) if command_args else ()).text(), nl=False)
         return 0
@@ -91,8 +98,9 @@ def command(
     if backend == "bpftrace" and not ok:
         raise ContendError(f"--backend bpftrace: {why}")
     if backend == "procfs" or not ok:
-        if events:
-            raise UsageError("--events needs the bpftrace backend (root and bpftrace)")
+        if events or every:
+            flag = "--events" if events else "--interval"
+            raise UsageError(f"{flag} needs the bpftrace backend (root and bpftrace)")
         sampled = run_sampled(target, seconds)
         result = trace_result(sampled, chosen, target.describe())
         if backend == "auto":
@@ -102,6 +110,8 @@ def command(
     else:
         if events and fmt == "text":
             opts.on_event = lambda ev: click.echo(trace_text.format_event(ev))
+        if every is not None:
+            opts.on_interval = lambda so_far: _print_interval(so_far, fmt)
         result = run_trace(opts)
     if result.cpu and result.backend == "bpftrace":
         threads = [float(r.on_cpu_ns) for r in result.cpu if r.tid]
@@ -112,6 +122,18 @@ def command(
     else:
         sys.stdout.write(text)
     return result.exit_status if result.exit_status is not None else 0
+
+
+def _print_interval(so_far: TraceResult, fmt: str) -> None:
+    """One summary so far: text with a header line, or one compact JSON document per line."""
+    if so_far.cpu:
+        threads = [float(r.on_cpu_ns) for r in so_far.cpu if r.tid]
+        so_far = dataclasses.replace(so_far, fairness_index=busy_fairness(threads))
+    if fmt == "json":
+        click.echo(json.dumps(so_far.to_json_dict(), separators=(",", ":")))
+    else:
+        click.echo(f"--- after {so_far.duration_s:.1f} s (cumulative) ---")
+        click.echo(trace_text.render(so_far), nl=False)
 
 
 def _monitors(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from contend.target import Target
 
 TRACEFS = Path("/sys/kernel/tracing")
 READY = "contend-ready"
+INTERVAL = "contend-interval"
 # Bytes per string (paths in the io monitor). The default 64 cuts most paths; above 80
 # the io monitor's open probe, which holds a path twice, exceeds the 512-byte BPF stack
 # (measured with bpftrace 0.17).
@@ -116,16 +117,26 @@ class Program:
     fragments: list[str] = field(default_factory=list)
     internal_maps: list[str] = field(default_factory=list)
     begin: list[str] = field(default_factory=list)
+    # --interval: every interval_ms, print these maps, then the INTERVAL marker.
+    interval_ms: int | None = None
+    result_maps: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         begin = self.predicate.seed + " ".join(self.begin)
         clears = " ".join(f"clear({m});" for m in self.internal_maps)
         if self.predicate.tracked_map:
             clears += f" clear({self.predicate.tracked_map});"
+        periodic = ""
+        if self.interval_ms is not None:
+            prints = " ".join(f"print({m});" for m in self.result_maps)
+            periodic = (
+                f'interval:ms:{int(self.interval_ms)} {{ {prints} printf("{INTERVAL}\\n"); }}\n'
+            )
         return (
             f'BEGIN {{ {begin} printf("{READY}\\n"); }}\n'
             + self.predicate.probes
             + "".join(self.fragments)
+            + periodic
             + f"END {{ {clears} }}\n"
         )
 

@@ -48,6 +48,8 @@ class TraceOptions:
     duration_s: float | None = None
     events: bool = False
     buffer_pages: int | None = None  # perf ring buffer pages per CPU for events
+    interval_s: float | None = None
+    on_interval: Callable[[TraceResult], None] | None = None  # the summary so far
     on_event: Callable[[TraceEvent], None] | None = None  # --events, as they arrive
 
 
@@ -99,9 +101,12 @@ def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.
     pred = bt.predicate_for(target, initial_pids)
     program = bt.Program(pred)
     chosen = set(opts.monitors)
+    if opts.interval_s is not None:
+        program.interval_ms = max(int(opts.interval_s * 1000), 10)
     if "syscalls" in chosen:
         program.fragments.append(syscalls.fragment(pred))
         program.internal_maps.extend(syscalls.INTERNAL_MAPS)
+        program.result_maps.extend(syscalls.RESULT_MAPS)
     if "cpu" in chosen:
         known: list[int] = list(target.pids) or list(initial_pids)
         if target.comm is not None:
@@ -111,11 +116,15 @@ def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.
         program.begin.append(cpu.seed(_tids_of(known, fs)))
         program.fragments.append(cpu.fragment(pred, events=opts.events))
         program.internal_maps.extend(cpu.INTERNAL_MAPS)
+        program.result_maps.extend(cpu.RESULT_MAPS)
     if "process" in chosen:
         program.fragments.append(process.fragment(pred, count_syscalls="syscalls" not in chosen))
+        if "syscalls" not in chosen:
+            program.result_maps.append("@proc_sys")
     if "io" in chosen:
         program.fragments.append(io.fragment(pred, events=opts.events))
         program.internal_maps.extend(io.INTERNAL_MAPS)
+        program.result_maps.extend(io.RESULT_MAPS)
     return program
 
 
@@ -134,8 +143,17 @@ class _Collector:
 
     opts: TraceOptions
     events: list[ProcessEvent] = field(default_factory=list)
+    output: bt.Output | None = None
+    started: float = 0.0
 
     def __call__(self, line: str) -> None:
+        if line.strip() == bt.INTERVAL:
+            if self.opts.on_interval is not None and self.output is not None:
+                elapsed = time.monotonic() - self.started
+                self.opts.on_interval(
+                    _result(self.opts, self.output, self, elapsed, None, None, [])
+                )
+            return
         proc_ev = process.parse_event(line)
         ev: TraceEvent | None = proc_ev
         if proc_ev is not None:
@@ -155,12 +173,13 @@ def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) ->
     tracer = bt.Bpftrace(
         build_program(opts, initial), on_printf=collector, buffer_pages=opts.buffer_pages
     )
+    collector.output = tracer.output
     exit_status: int | None = None
     notes: list[str] = []
     started = time.monotonic()
     try:
         tracer.start()
-        started = time.monotonic()
+        started = collector.started = time.monotonic()
         if launched is not None:
             launched.release()
         deadline = started + opts.duration_s if opts.duration_s else None

@@ -78,6 +78,10 @@ def fragment(pred: Predicate, events: bool = False) -> str:
 
 
 INTERNAL_MAPS = ("@contend_tgid", "@contend_on", "@contend_rq")
+RESULT_MAPS = (
+    "@cpu_ns", "@cpu_slices", "@cpu_vol", "@cpu_invol", "@cpu_wakeups", "@cpu_rq",
+    "@cpu_slice_us", "@cpu_rq_us", "@cpu_preempted_by",
+)  # fmt: skip
 
 
 _TAG = "contend-cpu "

@@ -64,6 +64,7 @@ def fragment(pred: Predicate, events: bool = False) -> str:
 
 
 INTERNAL_MAPS = ("@contend_path", "@contend_fd", "@contend_io_fd")
+RESULT_MAPS = ("@io_count", "@io_bytes", "@file_count", "@file_bytes")
 
 
 def parse_event(line: str) -> IoEvent | None:

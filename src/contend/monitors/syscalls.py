@@ -58,6 +58,7 @@ def fragment(pred: Predicate) -> str:
 
 
 INTERNAL_MAPS = ("@contend_sys_start",)
+RESULT_MAPS = ("@sys_count", "@sys_time", "@sys_max", "@sys_err")
 
 
 def rows(out: Output, machine: str | None = None) -> list[SyscallRow]:
