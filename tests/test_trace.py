@@ -396,3 +396,12 @@ def test_interval_programs_compile(kernel_tracing: None, monitors: tuple[str, ..
     opts = TraceOptions(monitors, Target(pids=(1,)), interval_s=1.0, events=True)
     ok, errors = bt.compile_check(build_program(opts))
     assert ok, errors
+
+
+def test_fresh_machine_without_tracefs_mounted(kernel_tracing: None) -> None:
+    """As on a new machine: tracefs unmounted. The io program must still get its probes."""
+    subprocess.run(["umount", str(bt.TRACEFS)], check=False, capture_output=True)
+    assert not (bt.TRACEFS / "events").is_dir()
+    text = build_program(TraceOptions(("io",), Target(pids=(1,)))).text()
+    assert "sys_enter_write" in text and "sys_exit_openat" in text
+    assert (bt.TRACEFS / "events").is_dir()

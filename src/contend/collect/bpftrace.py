@@ -59,6 +59,10 @@ def available() -> tuple[bool, str]:
 
 
 def tracepoint_exists(category: str, name: str) -> bool:
+    """Is the tracepoint there? Mounts tracefs first when we may (a fresh machine has it
+    unmounted, and then every tracepoint would look absent)."""
+    if not (TRACEFS / "events").is_dir() and os.geteuid() == 0:
+        ensure_tracefs()
     return (TRACEFS / "events" / category / name).is_dir()
 
 
@@ -310,6 +314,7 @@ class Bpftrace:
 
 def compile_check(program: Program) -> tuple[bool, str]:
     """Compile without attaching (bpftrace >= 0.18: --dry-run; 0.17: --emit-elf)."""
+    ensure_tracefs()
     help_text = subprocess.run(["bpftrace", "--help"], capture_output=True, text=True)
     elf = Path(f"/tmp/contend-check-{os.getpid()}.elf")
     if "--dry-run" in help_text.stdout + help_text.stderr:
