@@ -11,6 +11,7 @@ its maps, and is killed if it does not exit in time.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -312,15 +313,17 @@ class Bpftrace:
         return self.proc.pid if self.proc else None
 
 
+@functools.cache
+def _has_dry_run() -> bool:
+    done = subprocess.run(["bpftrace", "--help"], capture_output=True, text=True)
+    return "--dry-run" in done.stdout + done.stderr
+
+
 def compile_check(program: Program) -> tuple[bool, str]:
     """Compile without attaching (bpftrace >= 0.18: --dry-run; 0.17: --emit-elf)."""
     ensure_tracefs()
-    help_text = subprocess.run(["bpftrace", "--help"], capture_output=True, text=True)
     elf = Path(f"/tmp/contend-check-{os.getpid()}.elf")
-    if "--dry-run" in help_text.stdout + help_text.stderr:
-        flags = ["--dry-run"]
-    else:
-        flags = ["--emit-elf", str(elf)]
+    flags = ["--dry-run"] if _has_dry_run() else ["--emit-elf", str(elf)]
     done = subprocess.run(
         ["bpftrace", *flags, "-e", program.text(), *program.predicate.positional],
         capture_output=True,

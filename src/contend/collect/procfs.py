@@ -251,6 +251,20 @@ class ProcFS:
             stack.extend(self.children(p))
         return seen
 
+    def pids(self) -> list[int]:
+        return [int(n) for n in os.listdir(self.root) if n.isdigit()]
+
+    def pids_with_comm(self, comm: str) -> list[int]:
+        """Processes whose main thread is named `comm` (what pgrep -x matches)."""
+        out = []
+        for pid in self.pids():
+            try:
+                if self.stat(pid).comm == comm:
+                    out.append(pid)
+            except (ProcGone, ValueError, OSError):
+                continue
+        return out
+
     def system_pressure(self) -> Pressure | None:
         try:
             return parse_pressure(self._read("pressure", "cpu"))

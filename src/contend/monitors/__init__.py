@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from contend.collect import bpftrace as bt
-from contend.collect.procfs import ProcFS, ProcGone
+from contend.collect.procfs import ProcFS
 from contend.errors import ContendError, Terminated
 from contend.model import Overhead, ProcessEvent, TraceEvent, TraceResult
 from contend.monitors import cpu, io, process, syscalls
@@ -83,18 +83,6 @@ def _tids_of(pids: list[int], fs: ProcFS) -> dict[int, int]:
     return {tid: pid for pid in pids for tid in fs.tids(pid)}
 
 
-def _pids_with_comm(comm: str, fs: ProcFS) -> list[int]:
-    out = []
-    for name in os.listdir(fs.root):
-        if name.isdigit():
-            try:
-                if fs.stat(int(name)).comm == comm:
-                    out.append(int(name))
-            except (ProcGone, ValueError, OSError):
-                continue
-    return out
-
-
 def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.Program:
     target = opts.target
     fs = ProcFS()
@@ -110,7 +98,7 @@ def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.
     if "cpu" in chosen:
         known: list[int] = list(target.pids) or list(initial_pids)
         if target.comm is not None:
-            known = _pids_with_comm(target.comm, fs)
+            known = fs.pids_with_comm(target.comm)
         elif target.cgroup is not None and not known:
             known = _cgroup_pids(target)
         program.begin.append(cpu.seed(_tids_of(known, fs)))

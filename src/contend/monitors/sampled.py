@@ -10,13 +10,12 @@ no syscall latency: every result says so.
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import subprocess
 import time
 from collections.abc import Callable
 
-from contend.collect.procfs import ProcFS, ProcGone
+from contend.collect.procfs import ProcFS
 from contend.collect.sampler import Sampler
 from contend.errors import ContendError, Terminated
 from contend.model import ProcessEvent, SampledTrace, Snapshot
@@ -25,33 +24,18 @@ from contend.target import Target
 DEFAULT_INTERVAL_S = 0.1
 
 
-def _all_pids(fs: ProcFS) -> list[int]:
-    return [int(n) for n in os.listdir(fs.root) if n.isdigit()]
-
-
 def pid_source(target: Target, fs: ProcFS, launched: int | None) -> Callable[[], list[int]]:
     if target.pids:
         return lambda: list(target.pids)
     if target.comm is not None:
         comm = target.comm
-
-        def by_comm() -> list[int]:
-            out = []
-            for pid in _all_pids(fs):
-                try:
-                    if fs.stat(pid).comm == comm:
-                        out.append(pid)
-                except (ProcGone, ValueError, OSError):
-                    continue
-            return out
-
-        return by_comm
+        return lambda: fs.pids_with_comm(comm)
     if target.cgroup is not None:
         procs = target.cgroup / "cgroup.procs"
         return lambda: [int(p) for p in procs.read_text().split()] if procs.exists() else []
     if launched is not None:
         return lambda: fs.descendants(launched) if (fs.root / str(launched)).exists() else []
-    return lambda: _all_pids(fs)
+    return fs.pids
 
 
 def _events(previous: Snapshot, current: Snapshot) -> list[ProcessEvent]:
