@@ -442,3 +442,21 @@ class IoEvent:
 
 
 TraceEvent = ProcessEvent | SchedEvent | IoEvent
+
+
+# --- contend dtrace --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AggregationSpec:
+    """A D aggregation as the script defines it: how to print what bpftrace returns.
+
+    `key_kinds` per key: "int", "str", "syscall" (a syscall number to print by name) or
+    "walltime"; `order` is its place of first definition in the script (DTrace prints
+    the aggregations at exit in that order).
+    """
+
+    name: str
+    func: str  # count | sum | avg | min | max | quantize | lquantize
+    key_kinds: tuple[str, ...]
+    order: int

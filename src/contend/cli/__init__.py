@@ -14,7 +14,7 @@ import types
 import click
 
 from contend import __version__
-from contend.cli import doctor, lab, trace
+from contend.cli import doctor, dtrace, lab, trace
 from contend.errors import (
     EXIT_ERROR,
     EXIT_SIGINT,
@@ -23,6 +23,7 @@ from contend.errors import (
     ContendError,
     Terminated,
 )
+from contend.prctl import set_comm
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,6 +35,7 @@ def cli() -> None:
 cli.add_command(doctor.command)
 cli.add_command(lab.command)
 cli.add_command(trace.command)
+cli.add_command(dtrace.command)
 
 
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
@@ -45,6 +47,9 @@ def error(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Named `contend`, not after the interpreter: a script tracing "python" must not
+    # trace the tool printing its output (a feedback loop).
+    set_comm("contend")
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     args = list(sys.argv[1:] if argv is None else argv)
     # `contend trace ... -- CMD ARGS`: the command is not click's to parse.

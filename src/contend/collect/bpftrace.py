@@ -182,12 +182,16 @@ def _preexec() -> None:
 class Bpftrace:
     def __init__(
         self,
-        program: Program,
+        program: Program | str,
         on_printf: Callable[[str], None] | None = None,
         start_timeout_s: float = 60.0,
         buffer_pages: int | None = None,
+        on_record: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
+        """`program`: a Program, or finished text that prints READY from BEGIN.
+        `on_record(kind, data)` sees every map, hist and stats record in output order."""
         self.program = program
+        self.on_record = on_record
         self.buffer_pages = buffer_pages
         self.on_printf = on_printf
         self.start_timeout_s = start_timeout_s
@@ -203,14 +207,11 @@ class Bpftrace:
         if not ok:
             raise PermissionNeeded(why) if "root" in why else ContendError(why)
         ensure_tracefs()
-        cmd = [
-            "bpftrace",
-            "-f",
-            "json",
-            "-e",
-            self.program.text(),
-            *self.program.predicate.positional,
-        ]
+        if isinstance(self.program, str):
+            cmd = ["bpftrace", "-f", "json", "-e", self.program]
+        else:
+            cmd = ["bpftrace", "-f", "json", "-e", self.program.text()]
+            cmd += self.program.predicate.positional
         env = dict(os.environ, BPFTRACE_STRLEN=STRLEN)
         if self.buffer_pages is not None:
             # Pages per CPU of the perf ring buffer that carries printf events (default 64).
@@ -267,12 +268,10 @@ class Bpftrace:
                     self._ready.set()
                 elif self.on_printf is not None:
                     self.on_printf(text)
-            elif kind == "map":
-                out.maps.update(data)
-            elif kind == "hist":
-                out.hists.update(data)
-            elif kind == "stats":
-                out.stats.update(data)
+            elif kind in ("map", "hist", "stats"):
+                {"map": out.maps, "hist": out.hists, "stats": out.stats}[kind].update(data)
+                if self.on_record is not None:
+                    self.on_record(kind, data)
             elif kind == "attached_probes":
                 out.attached_probes = int(data.get("probes", 0))
             elif kind == "lost_events":
@@ -319,13 +318,17 @@ def _has_dry_run() -> bool:
     return "--dry-run" in done.stdout + done.stderr
 
 
-def compile_check(program: Program) -> tuple[bool, str]:
+def compile_check(program: Program | str) -> tuple[bool, str]:
     """Compile without attaching (bpftrace >= 0.18: --dry-run; 0.17: --emit-elf)."""
     ensure_tracefs()
     elf = Path(f"/tmp/contend-check-{os.getpid()}.elf")
     flags = ["--dry-run"] if _has_dry_run() else ["--emit-elf", str(elf)]
+    if isinstance(program, str):
+        args = ["-e", program]
+    else:
+        args = ["-e", program.text(), *program.predicate.positional]
     done = subprocess.run(
-        ["bpftrace", *flags, "-e", program.text(), *program.predicate.positional],
+        ["bpftrace", *flags, *args],
         capture_output=True,
         text=True,
         env=dict(os.environ, BPFTRACE_STRLEN=STRLEN),

@@ -9,36 +9,20 @@ Ctrl-C, SIGTERM or the command's exit), stops the tracer and turns its maps into
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from contend.collect import bpftrace as bt
+from contend.collect.launch import launch
 from contend.collect.procfs import ProcFS
-from contend.errors import ContendError, Terminated
+from contend.errors import Terminated
 from contend.model import Overhead, ProcessEvent, TraceEvent, TraceResult
 from contend.monitors import cpu, io, process, syscalls
 from contend.target import Target
 
 MONITORS = ("syscalls", "cpu", "process", "io")
-
-# The gate: the launched command's first process waits here (same PID) until the tracer
-# is attached, then execs the command.
-_GATE = (
-    "import os, sys\n"
-    "gate = int(sys.argv[1])\n"
-    "os.read(gate, 1)\n"
-    "os.close(gate)\n"
-    "try:\n"
-    "    os.execv(sys.argv[2], sys.argv[3:])\n"
-    "except OSError as e:\n"
-    "    sys.stderr.write(f'contend: error: cannot run {sys.argv[2]!r}: {e.strerror}\\n')\n"
-    "    sys.exit(126)\n"
-)
 
 
 @dataclass
@@ -51,32 +35,6 @@ class TraceOptions:
     interval_s: float | None = None
     on_interval: Callable[[TraceResult], None] | None = None  # the summary so far
     on_event: Callable[[TraceEvent], None] | None = None  # --events, as they arrive
-
-
-@dataclass
-class _Launched:
-    proc: subprocess.Popen[bytes]
-    gate_w: int
-
-    def release(self) -> None:
-        os.write(self.gate_w, b"x")
-        os.close(self.gate_w)
-
-
-def _launch(command: tuple[str, ...]) -> _Launched:
-    # Resolve the path here, so that the traced process makes one execve, not a PATH search.
-    path = shutil.which(command[0])
-    if path is None:
-        raise ContendError(f"command not found: {command[0]}", exit_code=127)
-    r, w = os.pipe()
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _GATE, str(r), path, *command],
-            pass_fds=(r,),
-        )
-    finally:
-        os.close(r)
-    return _Launched(proc, w)
 
 
 def _tids_of(pids: list[int], fs: ProcFS) -> dict[int, int]:
@@ -153,7 +111,7 @@ class _Collector:
 
 
 def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) -> TraceResult:
-    launched = _launch(opts.target.command) if opts.target.command else None
+    launched = launch(opts.target.command) if opts.target.command else None
     initial: tuple[int, ...] = (launched.proc.pid,) if launched else ()
     if opts.target.cgroup is not None and opts.target.cgroup_id is None:
         initial = tuple(_cgroup_pids(opts.target))
