@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -269,3 +270,48 @@ def test_every_snippet_of_the_document_runs(known_program: str, clause: str) -> 
     done = dtrace("-n", clause, "-c", "true")
     assert done.returncode == 0, done.stderr
     assert "matched" in done.stderr and "error" not in done.stderr
+
+
+def test_attach_by_pid_and_stop_with_ctrl_c(known_program: str) -> None:
+    """-p PID, $target, and Ctrl-C: dtrace prints the aggregations and exits 0."""
+    from conftest import pgrep
+
+    loop = "import os, time\nwhile True:\n    os.getsid(0)\n    time.sleep(0.01)\n"
+    target = subprocess.Popen([sys.executable, "-c", loop])
+    try:
+        proc = subprocess.Popen(
+            [*contend_command(), "dtrace", "-n", "syscall::getsid:entry /pid == $target/ { @n = count(); }",
+             "-p", str(target.pid)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not pgrep("bpftrace") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        target.kill()
+        target.wait()
+    assert proc.returncode == 0, err
+    count = int(out.split()[-1])
+    assert 30 <= count <= 400  # ~100 calls/s for about 1.5 s
+    assert pgrep("bpftrace") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-s", "/nonexistent/x.d"], "-s: cannot read /nonexistent/x.d"),
+        (["-n", "BEGIN {}", "-c", "true", "-p", "1"], "give -c COMMAND or -p PID, not both"),
+        ([], "give a script with -s FILE or a clause with -n"),
+        (["-n", 'BEGIN { printf("%q", 1); }'], "-n:1:9: printf conversion %q is not supported"),
+        (["-n", "BEGIN {}", "-p", "999999999"], "-p: '999999999' is out of range"),
+    ],
+)
+def test_dtrace_bad_input_is_one_line(args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [*contend_command(), "dtrace", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
