@@ -7,7 +7,8 @@ the same storm as a launched command; the figure is the loop time, median of R r
   untraced | bpftrace hand-written (sys_enter stores nsecs by tid, sys_exit adds to
   stats()) | bpftrace count only | contend trace syscalls | perf trace -s | strace -c -f
 
-Prints the ratio to untraced and the added ns per traced syscall. Run as root:
+Runs go round robin over the tracers so that drift hits all alike. Prints the ratio to
+untraced and the added ns per traced syscall. Run as root:
   .venv/bin/python bench/bench_trace_overhead.py [--runs 3]
 """
 
@@ -110,16 +111,20 @@ def main() -> int:
         for title, (storm, calls) in storms.items():
             print(f"\n{title}, median of {args.runs} runs")
             print(f"{'tracer':32} {'loop ms':>9} {'ratio':>7} {'+ns/call':>9}")
-            base = None
+            # Round robin: run r of every tracer back to back, so drift hits all alike.
+            chosen = {name: prefix for name, prefix in tracers().items() if prefix is not None}
+            times: dict[str, list[int]] = {name: [] for name in chosen}
+            for r in range(args.runs):
+                for name, prefix in chosen.items():
+                    # perf trace and strace cost 200-900x here: one run says enough.
+                    if r == 0 or not name.startswith(("perf", "strace")):
+                        times[name].append(loop_ns(prefix, storm))
+            base = statistics.median(times["untraced"])
             for name, prefix in tracers().items():
                 if prefix is None:
                     print(f"{name:32} {'(not installed)':>27}")
                     continue
-                # perf trace and strace cost 200-900x here: one run says enough.
-                runs = 1 if name.startswith(("perf", "strace")) else args.runs
-                times = [loop_ns(prefix, storm) for _ in range(runs)]
-                t = statistics.median(times)
-                base = base or t
+                t = statistics.median(times[name])
                 print(f"{name:32} {t / 1e6:9.1f} {t / base:7.2f} {(t - base) / calls:9.0f}")
     return 0
 

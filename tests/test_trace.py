@@ -405,3 +405,13 @@ def test_fresh_machine_without_tracefs_mounted(kernel_tracing: None) -> None:
     text = build_program(TraceOptions(("io",), Target(pids=(1,)))).text()
     assert "sys_enter_write" in text and "sys_exit_openat" in text
     assert (bt.TRACEFS / "events").is_dir()
+
+
+def test_a_call_still_in_flight_at_the_end_is_counted_not_timed(kernel_tracing: None) -> None:
+    sleeper = "import time\ntime.sleep(60)\n"
+    _, result, err = trace_json("syscalls", "--duration", "2", "--", sys.executable, "-c", sleeper)
+    assert result["exit_status"] is not None, err  # stopped by contend after --duration
+    (row,) = [
+        r for r in result["syscalls"] if r["syscall"] in ("clock_nanosleep", "nanosleep", "select")
+    ]
+    assert row["count"] == 1 and row["avg_ns"] is None and row["blocking"] is True

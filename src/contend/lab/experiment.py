@@ -29,7 +29,7 @@ from contend.lab import app as app_module
 from contend.lab import load
 from contend.lab.sandbox import Limits, Sandbox
 from contend.model import ArmRecord, ArmResult, LabConfig, LabResult, RequestSample
-from contend.monitors import TraceOptions, build_program, syscalls
+from contend.monitors import TraceOptions, build_program, syscalls, thread_owner
 from contend.prctl import die_with_parent
 from contend.target import Target
 
@@ -239,7 +239,7 @@ class Lab:
             roles=dict(self.roles),
             requests=tuple(requests),
             cpu_limit=sb.limits.cpus if sb else None,
-            syscalls=tuple(syscalls.rows(out)) if out is not None else None,
+            syscalls=tuple(syscalls.rows(out, resolve=thread_owner)) if out is not None else None,
             syscall_window_s=traced_s,
         )
 

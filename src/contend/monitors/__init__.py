@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from contend.collect import bpftrace as bt
 from contend.collect.launch import launch
-from contend.collect.procfs import ProcFS
+from contend.collect.procfs import ProcFS, ProcGone
 from contend.errors import Terminated
 from contend.model import Overhead, ProcessEvent, TraceEvent, TraceResult
 from contend.monitors import cpu, io, process, syscalls
@@ -72,6 +72,19 @@ def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.
         program.internal_maps.extend(io.INTERNAL_MAPS)
         program.result_maps.extend(io.RESULT_MAPS)
     return program
+
+
+def thread_owner(tid: int) -> tuple[int, str] | None:
+    """(pid, comm) of a live thread, from /proc/TID (the kernel resolves a TID there)."""
+    try:
+        st = ProcFS().stat(tid)
+        status = (ProcFS().root / str(tid) / "status").read_text()
+    except (ProcGone, OSError, ValueError):
+        return None
+    for line in status.splitlines():
+        if line.startswith("Tgid:"):
+            return int(line.split()[1]), st.comm
+    return None
 
 
 def _cgroup_pids(target: Target) -> list[int]:
@@ -142,6 +155,8 @@ def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) ->
     finally:
         ended = time.monotonic()
         out = tracer.stop()
+        # Who owns each call still in flight: asked now, while those threads live.
+        owners = {int(t): thread_owner(int(t)) for t in out.maps.get("@contend_sys_start", {})}
         if launched is not None:
             if launched.proc.poll() is None:
                 launched.proc.terminate()
@@ -156,7 +171,9 @@ def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) ->
         notes.append("no target given: the whole system was traced")
     if out.lost_events:
         notes.append(f"{out.lost_events} events were lost: results are incomplete")
-    return _result(opts, out, collector, ended - started, tracer.tracer_cpu_s, exit_status, notes)
+    return _result(
+        opts, out, collector, ended - started, tracer.tracer_cpu_s, exit_status, notes, owners
+    )
 
 
 def _result(
@@ -167,9 +184,11 @@ def _result(
     tracer_cpu_s: float | None,
     exit_status: int | None,
     notes: list[str],
+    owners: dict[int, tuple[int, str] | None] | None = None,
 ) -> TraceResult:
     chosen = set(opts.monitors)
-    sys_rows = syscalls.rows(out) if "syscalls" in chosen else []
+    resolve = owners.get if owners is not None else thread_owner
+    sys_rows = syscalls.rows(out, resolve=resolve) if "syscalls" in chosen else []
     cpu_rows, preempt, fairness = cpu.rows(out) if "cpu" in chosen else ([], [], None)
     io_rows, file_rows = io.rows(out) if "io" in chosen else ([], [])
     events = (
@@ -189,7 +208,9 @@ def _result(
         preemptors=tuple(preempt),
         fairness_index=fairness,
         process=tuple(sorted(collector.events, key=lambda e: e.ts_ns)),
-        process_syscalls=tuple(process.syscall_totals(out)) if "process" in chosen else (),
+        process_syscalls=tuple(process.syscall_totals(out, sys_rows))
+        if "process" in chosen
+        else (),
         io=tuple(io_rows),
         files=tuple(file_rows),
         notes=tuple(notes),

@@ -8,8 +8,10 @@ as wait(2) reports it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from contend.collect.bpftrace import Output, Predicate, split_key
-from contend.model import ProcessEvent
+from contend.model import ProcessEvent, SyscallRow
 
 NAME = "process"
 CLONE_THREAD = 0x00010000
@@ -53,14 +55,17 @@ def parse_event(line: str) -> ProcessEvent | None:
     )  # fmt: skip
 
 
-def syscall_totals(out: Output) -> list[tuple[int, str, int]]:
+def syscall_totals(
+    out: Output, syscall_rows: Sequence[SyscallRow] = ()
+) -> list[tuple[int, str, int]]:
+    """(pid, comm, syscalls) per process: from the syscalls monitor's rows when it ran,
+    else from this monitor's own counter."""
     counts: dict[tuple[int, str], int] = {}
-    if "@proc_sys" in out.maps:
-        for key, n in out.maps["@proc_sys"].items():
+    if syscall_rows:
+        for r in syscall_rows:
+            counts[(r.pid, r.comm)] = counts.get((r.pid, r.comm), 0) + r.count
+    else:
+        for key, n in out.maps.get("@proc_sys", {}).items():
             pid, comm = split_key(key, 2)
-            counts[(int(pid), comm)] = counts.get((int(pid), comm), 0) + int(n)
-    else:  # the syscalls monitor ran: derive from its per-syscall counts
-        for key, n in out.maps.get("@sys_count", {}).items():
-            pid, _, comm = split_key(key, 3)
             counts[(int(pid), comm)] = counts.get((int(pid), comm), 0) + int(n)
     return sorted(((p, c, n) for (p, c), n in counts.items()), key=lambda r: (-r[2], r[0]))

@@ -1,15 +1,17 @@
 """syscalls.d: per process and syscall, count, errors, total/avg/max latency.
 
-Counted at sys_enter (exact, also for calls that never return, such as exit_group);
-timed from sys_enter to sys_exit of the same thread (calls already in progress when
-tracing starts are counted but not timed).
+Every call that enters while tracing is counted: at its return (with its latency,
+sys_enter to sys_exit of the same thread), or at the end if it is still in flight, or by
+its own tracepoint if it never returns (exit, exit_group). Calls already in progress
+when tracing starts are neither counted nor timed.
 """
 
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 
-from contend.collect.bpftrace import Output, Predicate, split_key
+from contend.collect.bpftrace import Output, Predicate, split_key, tracepoint_exists
 from contend.collect.syscall_table import AARCH64, X86_64
 from contend.model import SyscallRow
 
@@ -41,54 +43,97 @@ def syscall_name(number: int, machine: str | None = None) -> str:
     return table_for(machine).get(number, f"syscall_{number}")
 
 
+def _numbers(machine: str | None = None) -> dict[str, int]:
+    return {name: nr for nr, name in table_for(machine).items()}
+
+
+NO_RETURN = ("exit", "exit_group")
+
+
 def fragment(pred: Predicate) -> str:
-    return (
+    """The lean path (measured cheaper than a minimal hand-written latency script, see
+    bench/): one map write at entry, one stats() and one max() at exit. The count is the
+    stats() count; the syscall number rides in the low 10 bits of the start time so
+    calls still in flight at the end are counted too; exit and exit_group, which never
+    return, are counted by their own tracepoints (they fire for nothing else)."""
+    text = (
         f"tracepoint:raw_syscalls:sys_enter {pred.guard()} {{\n"
-        "  @sys_count[pid, args->id, comm] = count();\n"
-        "  @contend_sys_start[tid] = nsecs;\n"
+        "  @contend_sys_start[tid] = (nsecs << 10) | (args->id & 0x3ff);\n"
         "}\n"
         "tracepoint:raw_syscalls:sys_exit /@contend_sys_start[tid]/ {\n"
-        "  $d = nsecs - @contend_sys_start[tid];\n"
+        "  $d = nsecs - (@contend_sys_start[tid] >> 10);\n"
         "  delete(@contend_sys_start[tid]);\n"
-        "  @sys_time[pid, args->id] = stats($d);\n"
+        "  @sys_time[pid, args->id, comm] = stats($d);\n"
         "  @sys_max[pid, args->id] = max($d);\n"
         "  if (args->ret < 0 && args->ret > -4096) { @sys_err[pid, args->id] = count(); }\n"
         "}\n"
     )
+    numbers = _numbers()
+    for name in NO_RETURN:
+        if name in numbers and tracepoint_exists("syscalls", f"sys_enter_{name}"):
+            text += (
+                f"tracepoint:syscalls:sys_enter_{name} {pred.guard()} "
+                f"{{ @sys_noreturn[pid, {int(numbers[name])}, comm] = count(); }}\n"
+            )
+    return text
 
 
-INTERNAL_MAPS = ("@contend_sys_start",)
-RESULT_MAPS = ("@sys_count", "@sys_time", "@sys_max", "@sys_err")
+# @contend_sys_start is printed at exit, not cleared: its entries are the calls in flight.
+INTERNAL_MAPS: tuple[str, ...] = ()
+RESULT_MAPS = ("@sys_time", "@sys_max", "@sys_err", "@sys_noreturn")
+START_BITS = 10
 
 
-def rows(out: Output, machine: str | None = None) -> list[SyscallRow]:
-    counts = out.maps.get("@sys_count", {})
+def rows(
+    out: Output,
+    machine: str | None = None,
+    resolve: Callable[[int], tuple[int, str] | None] | None = None,
+) -> list[SyscallRow]:
+    """`resolve(tid)` -> (pid, comm) of a live thread, to count its call in flight."""
     times = out.stats.get("@sys_time", {})
     maxes = out.maps.get("@sys_max", {})
     errors = out.maps.get("@sys_err", {})
-    merged: dict[tuple[int, int], tuple[str, int]] = {}
-    for key, n in counts.items():
+    numbers = _numbers(machine)
+    no_return = {numbers[n] for n in NO_RETURN if n in numbers}
+    counts: dict[tuple[int, int], list[int]] = {}  # (pid, nr) -> [timed, total, in flight]
+    comms: dict[tuple[int, int], tuple[str, int]] = {}
+
+    def name_it(k: tuple[int, int], comm: str, n: int) -> None:
+        # A process that exec'd shows under two comms; keep the busier one's name.
+        prev = comms.get(k)
+        if prev is None or n >= prev[1]:
+            comms[k] = (comm, n)
+
+    for key, st in times.items():
         pid_s, nr_s, comm = split_key(key, 3)
         k = (int(pid_s), int(nr_s))
-        prev = merged.get(k)
-        # A process that exec'd shows under two comms; keep the later (larger) one's name.
-        merged[k] = (
-            comm if prev is None or n >= prev[1] else prev[0],
-            (prev[1] if prev else 0) + int(n),
-        )
+        c = counts.setdefault(k, [0, 0, 0])
+        c[0] += int(st.get("count", 0))
+        c[1] += int(st.get("total", 0))
+        name_it(k, comm, int(st.get("count", 0)))
+    for key, n in out.maps.get("@sys_noreturn", {}).items():
+        pid_s, nr_s, comm = split_key(key, 3)
+        k = (int(pid_s), int(nr_s))
+        counts.setdefault(k, [0, 0, 0])[2] += int(n)
+        name_it(k, comm, int(n))
+    for tid_s, packed in out.maps.get("@contend_sys_start", {}).items():
+        nr = int(packed) & ((1 << START_BITS) - 1)
+        who = resolve(int(tid_s)) if resolve else None
+        if nr in no_return or who is None:
+            continue  # counted above, or the thread is gone
+        k = (who[0], nr)
+        counts.setdefault(k, [0, 0, 0])[2] += 1
+        name_it(k, who[1], 0)
     out_rows = []
-    for (pid, nr), (comm, n) in merged.items():
+    for (pid, nr), (timed, total, in_flight) in counts.items():
         key = f"{pid},{nr}"
-        t = times.get(key, {})
-        timed = int(t.get("count", 0))
-        total = int(t.get("total", 0))
         name = syscall_name(nr, machine)
         out_rows.append(
             SyscallRow(
                 pid=pid,
-                comm=comm,
+                comm=comms[(pid, nr)][0],
                 syscall=name,
-                count=n,
+                count=timed + in_flight,
                 errors=int(errors.get(key, 0)),
                 total_ns=total,
                 avg_ns=total / timed if timed else None,
