@@ -315,3 +315,86 @@ def test_dtrace_bad_input_is_one_line(args: list[str], message: str) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+# --- details DTrace users rely on (from review) --------------------------------------------
+
+
+def test_octal_and_three_argument_lquantize() -> None:
+    assert body("syscall:::entry /arg2 == 0644/ { @ = lquantize(arg0, 0, 4); }") == (
+        "tracepoint:raw_syscalls:sys_enter /((args->args[2] == 420))/ { @ = lhist(args->args[0], 0, 4, 1); }"
+    )
+
+
+def test_walltimestamp_is_epoch_and_probefunc_keeps_its_width() -> None:
+    text = body(
+        'syscall:::entry { trace(probefunc); printf("%-10s|%d\\n", probefunc, walltimestamp); }'
+    )
+    offset = int(re.search(r"nsecs \+ (\d+)", text).group(1))  # type: ignore[union-attr]
+    assert abs(offset - (time.time_ns() - time.monotonic_ns())) < 1e9
+    assert 'printf("\\x01S:%d\\x01\\n", args->id)' in text
+    assert 'printf("\\x01S-10:%d\\x01|%lld\\n", args->id, (nsecs + ' in text
+    from contend.model import AggregationSpec
+    from contend.render.dtrace_text import DTraceOutput
+
+    lines: list[str] = []
+    out = DTraceOutput({}, [], lambda n: {1: "write"}[n], lines.append)
+    out.printf("\x01S-10:1\x01|5\n")
+    assert lines == ["write     |5\n"]
+    assert AggregationSpec("a", "count", (), 0).lquantize is None
+
+
+def _render(spec: object, value: object) -> list[str]:
+    from contend.render.dtrace_text import DTraceOutput
+
+    lines: list[str] = []
+    out = DTraceOutput({"a": spec}, [], str, lines.append)  # type: ignore[dict-item]
+    out.record("hist", {"@a": value})
+    out.finish()
+    return [line for line in "".join(lines).splitlines() if line.strip()]
+
+
+def test_histogram_rows_as_dtrace_shows_them() -> None:
+    from contend.model import AggregationSpec
+
+    q = AggregationSpec("a", "quantize", (), 0)
+    # Negative values (one bpftrace bucket) and zeros: no crash, a row each.
+    rows = _render(q, [{"max": -1, "count": 2}, {"min": 0, "max": 0, "count": 1}])
+    assert rows[1:] == [
+        "             < 0 |" + "@" * 27 + "              2",
+        "               0 |" + "@" * 13 + "                            1",
+        "               1 |                                         0",
+    ]
+    assert _render(q, [{"min": 0, "max": 0, "count": 3}])[1].startswith("              -1 |")
+    lq = AggregationSpec("a", "lquantize", (), 0, (0, 100, 10))
+    rows = _render(lq, [{"min": 50, "max": 59, "count": 1}])
+    assert [r.split("|")[0].strip() for r in rows[1:]] == ["40", "50", "60"]
+
+
+def test_keys_with_commas_and_printa_of_an_empty_aggregation() -> None:
+    from contend.model import AggregationSpec
+    from contend.render.dtrace_text import DTraceOutput, split_key
+
+    assert split_key("a,b,1", ("str", "syscall")) == ["a,b", "1"]
+    assert split_key("7,x,y,3", ("int", "str", "int")) == ["7", "x,y", "3"]
+    lines: list[str] = []
+    specs = {
+        "a": AggregationSpec("a", "count", ("str",), 0),
+        "b": AggregationSpec("b", "count", ("str",), 1),
+    }
+    out = DTraceOutput(specs, ["%s=%@d\n"], str, lines.append)
+    out.printf("\x02printa 0\n")  # @a was empty: bpftrace printed nothing
+    out.printf("\x02printa-done\n")
+    out.record("map", {"@b": {"k": 2}})
+    out.finish()
+    assert "".join(lines).split() == ["k", "2"]  # @b in the default layout, not @a's format
+
+
+def test_a_gate_never_released_does_not_run_the_command(tmp_path: Path) -> None:
+    from contend.collect.launch import launch
+
+    marker = tmp_path / "ran"
+    launched = launch(("touch", str(marker)))
+    launched.abort()
+    assert launched.proc.returncode == 125
+    assert not marker.exists()

@@ -415,3 +415,29 @@ def test_a_call_still_in_flight_at_the_end_is_counted_not_timed(kernel_tracing: 
         r for r in result["syscalls"] if r["syscall"] in ("clock_nanosleep", "nanosleep", "select")
     ]
     assert row["count"] == 1 and row["avg_ns"] is None and row["blocking"] is True
+
+
+def test_procfs_exit_status_above_128_is_a_code_not_a_signal() -> None:
+    rc, result, err = trace_json(
+        "process", "--backend", "procfs", "--", "sh", "-c", "sleep 0.3; exit 200"
+    )
+    assert rc == 200, err
+    (leader_exit,) = [
+        e for e in result["process"] if e["event"] == "exit" and e["exit_code"] is not None
+    ]
+    assert (leader_exit["exit_code"], leader_exit["signal"]) == (200, 0)
+
+
+def test_unknown_container_is_one_clear_line() -> None:
+    done = subprocess.run(
+        [*contend_command(), "trace", "syscalls", "--container", "contend-no-such-container"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "contend-no-such-container" in done.stderr
+    bad = subprocess.run(
+        [*contend_command(), "trace", "syscalls", "--container", "x; rm -rf /"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "is not a container name or ID" in bad.stderr

@@ -460,3 +460,4 @@ class AggregationSpec:
     func: str  # count | sum | avg | min | max | quantize | lquantize
     key_kinds: tuple[str, ...]
     order: int
+    lquantize: tuple[int, int, int] | None = None  # (lo, hi, step)

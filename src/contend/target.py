@@ -68,6 +68,16 @@ def parse_duration(name: str, value: str | float, low: float = 0.5, high: float 
 
 # --- what to trace ------------------------------------------------------------------------
 
+# docker/podman names: [a-zA-Z0-9][a-zA-Z0-9_.-]+ (moby's RestrictedNameChars); IDs are hex.
+_CONTAINER_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}$")
+
+
+def validate_container(name: str) -> str:
+    if not _CONTAINER_RE.match(name):
+        raise UsageError(f"--container: {name!r} is not a container name or ID")
+    return name
+
+
 # TASK_COMM_LEN is 16 with the NUL (include/linux/sched.h); a comm is passed to programs as
 # a positional parameter, never pasted, but is still refused if it could never match.
 _COMM_MAX = 15
@@ -83,6 +93,8 @@ class Target:
     cgroup: Path | None = None
     cgroup_id: int | None = None  # cgroup2 id (the directory's inode), when on cgroup2
     command: tuple[str, ...] = ()
+    container: str | None = None  # the name given; resolved to its cgroup by collect
+    watch_pid: int | None = None  # stop (and say so) when this process is gone
 
     @property
     def system_wide(self) -> bool:
@@ -93,6 +105,8 @@ class Target:
             return "pid " + ", ".join(map(str, self.pids))
         if self.comm is not None:
             return f"comm {self.comm!r}"
+        if self.container is not None:
+            return f"container {self.container} (cgroup {self.cgroup})"
         if self.cgroup is not None:
             return f"cgroup {self.cgroup}"
         if self.command:

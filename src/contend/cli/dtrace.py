@@ -111,8 +111,17 @@ def command(
             pass  # as dtrace: Ctrl-C ends tracing and prints the aggregations
         tracer.stop()
         out.finish()
+        if tracer.output.errors:
+            errors = tracer.output.errors
+            click.echo(
+                f"contend dtrace: {len(errors)} output records not understood: {errors[0]}",
+                err=True,
+            )
     finally:
-        if launched is not None and launched.proc.poll() is None:
-            launched.proc.terminate()
-            launched.proc.wait()
+        if launched is not None:
+            if launched.gate_w >= 0:
+                launched.abort()  # never released: it exits without running the command
+            elif launched.proc.poll() is None:
+                launched.proc.terminate()
+                launched.proc.wait()
     return 0

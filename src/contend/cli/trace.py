@@ -12,6 +12,7 @@ import click
 from contend.analysis.metrics import busy_fairness
 from contend.analysis.sampled_trace import trace_result
 from contend.collect import bpftrace as bt
+from contend.collect import containers
 from contend.collect.cgroups import detect_layout
 from contend.errors import ContendError, UsageError
 from contend.model import TraceResult
@@ -19,7 +20,13 @@ from contend.monitors import MONITORS, TraceOptions, build_program, run_trace
 from contend.monitors.sampled import run_sampled
 from contend.render import trace_text
 from contend.render.json import dumps
-from contend.target import parse_duration, parse_positive_int, resolve_target
+from contend.target import (
+    Target,
+    parse_duration,
+    parse_positive_int,
+    resolve_target,
+    validate_container,
+)
 
 BACKENDS = ("auto", "bpftrace", "procfs")
 
@@ -31,6 +38,7 @@ BACKENDS = ("auto", "bpftrace", "procfs")
 )
 @click.option("--comm", help="Trace tasks with this name (DTrace's execname).")
 @click.option("--cgroup", help="Trace the tasks of this cgroup (path, absolute or under a mount).")
+@click.option("--container", help="Trace the processes of this container (podman or docker).")
 @click.option(
     "--duration", help="Stop after this many seconds (default: Ctrl-C or the command's exit)."
 )
@@ -55,6 +63,7 @@ def command(
     pids: tuple[str, ...],
     comm: str | None,
     cgroup: str | None,
+    container: str | None,
     duration: str | None,
     backend: str,
     fmt: str,
@@ -76,9 +85,22 @@ def command(
     roots = tuple(
         dict.fromkeys([*([layout.v2_root] if layout.v2_root else []), *layout.v1_roots.values()])
     )
-    target = resolve_target(
-        pids, comm, cgroup, command_args, cgroup_roots=roots, cgroup2_root=layout.v2_root
-    )
+    if container is not None:
+        if pids or comm or cgroup or command_args:
+            raise UsageError("give one target: --pid, --comm, --cgroup, --container or -- COMMAND")
+        found = containers.inspect(validate_container(container))
+        if found.cgroup is None:
+            raise ContendError(f"--container {container!r}: cannot find its cgroup")
+        target = Target(
+            cgroup=found.cgroup,
+            cgroup_id=found.cgroup_id,
+            container=f"{container} ({found.engine}, pid {found.pid})",
+            watch_pid=found.pid,
+        )
+    else:
+        target = resolve_target(
+            pids, comm, cgroup, command_args, cgroup_roots=roots, cgroup2_root=layout.v2_root
+        )
     seconds = parse_duration("--duration", duration, 0.1, 86400 * 7) if duration else None
     if output is not None and not Path(output).resolve().parent.is_dir():
         raise UsageError(f"-o: directory {Path(output).resolve().parent} does not exist")

@@ -262,20 +262,27 @@ class Bpftrace:
                 out.errors.append(line)
                 continue
             kind, data = record.get("type"), record.get("data")
-            if kind == "printf":
-                text = str(data)
-                if text.strip() == READY:
-                    self._ready.set()
-                elif self.on_printf is not None:
-                    self.on_printf(text)
-            elif kind in ("map", "hist", "stats"):
-                {"map": out.maps, "hist": out.hists, "stats": out.stats}[kind].update(data)
-                if self.on_record is not None:
-                    self.on_record(kind, data)
-            elif kind == "attached_probes":
-                out.attached_probes = int(data.get("probes", 0))
-            elif kind == "lost_events":
-                out.lost_events += int(data.get("events", 0))
+            try:
+                self._dispatch(kind, data)
+            except Exception as e:  # keep draining: a stalled pipe would stall bpftrace
+                out.errors.append(f"{type(e).__name__}: {e}")
+
+    def _dispatch(self, kind: object, data: Any) -> None:
+        out = self.output
+        if kind == "printf":
+            text = str(data)
+            if text.strip() == READY:
+                self._ready.set()
+            elif self.on_printf is not None:
+                self.on_printf(text)
+        elif kind in ("map", "hist", "stats"):
+            {"map": out.maps, "hist": out.hists, "stats": out.stats}[kind].update(data)
+            if self.on_record is not None:
+                self.on_record(kind, data)
+        elif kind == "attached_probes":
+            out.attached_probes = int(data.get("probes", 0))
+        elif kind == "lost_events":
+            out.lost_events += int(data.get("events", 0))
 
     def _cpu_seconds(self) -> float | None:
         if self.proc is None:

@@ -19,7 +19,8 @@ from contend.errors import ContendError
 _GATE = (
     "import os, sys\n"
     "gate = int(sys.argv[1])\n"
-    "os.read(gate, 1)\n"
+    "if os.read(gate, 1) != b'x':\n"
+    "    sys.exit(125)  # contend is gone: never run the command untraced\n"
     "os.close(gate)\n"
     "try:\n"
     "    os.execv(sys.argv[2], sys.argv[3:])\n"
@@ -36,7 +37,18 @@ class Launched:
 
     def release(self) -> None:
         os.write(self.gate_w, b"x")
-        os.close(self.gate_w)
+        self.close()
+
+    def close(self) -> None:
+        if self.gate_w >= 0:
+            os.close(self.gate_w)
+            self.gate_w = -1
+
+    def abort(self) -> None:
+        """Never released: the gate reads EOF and exits without running the command."""
+        self.close()
+        if self.proc.poll() is None:
+            self.proc.wait(10)
 
 
 def launch(command: tuple[str, ...]) -> Launched:

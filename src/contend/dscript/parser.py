@@ -360,7 +360,13 @@ class Parser:
         t = self.tok
         if t.kind == "number":
             self.i += 1
-            return Num(int(t.text, 0))
+            text = t.text
+            # C and D: a leading 0 means octal (0644), 0x hexadecimal.
+            base = 8 if len(text) > 1 and text[0] == "0" and text[1] not in "xX" else 0
+            try:
+                return Num(int(text, base))
+            except ValueError:
+                raise self.error(f"{text!r} is not a valid number") from None
         if t.kind == "string":
             self.i += 1
             return Str(_unescape(t.text[1:-1]))

@@ -28,6 +28,7 @@ Linux mapping of the probes (and where it differs from DTrace):
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 
 from contend.dscript.parser import (
@@ -55,6 +56,7 @@ READY = "contend-ready"
 SYSCALL_MARK = "\x01S"
 WALLTIME_MARK = "\x01W"
 PRINTA_MARK = "\x02printa "
+PRINTA_DONE = "\x02printa-done"
 END_MARK = "\x02end"
 
 # Value kinds, for printf conversions and aggregation keys.
@@ -209,7 +211,9 @@ BUILTINS: dict[str, tuple[str, str]] = {
     "gid": ("gid", INT),
     "cpu": ("cpu", INT),
     "timestamp": ("nsecs", INT),
-    "walltimestamp": ("nsecs", WALLTIME),
+    # nsecs is CLOCK_MONOTONIC; walltimestamp is ns since the epoch: the offset between
+    # the two clocks is added as a constant taken when the program is built.
+    "walltimestamp": ("(nsecs + {wall_offset})", WALLTIME),
 }
 
 
@@ -223,6 +227,7 @@ class Translator:
         exclude_pid: int | None = None,
     ) -> None:
         self.exclude_pid = exclude_pid
+        self.wall_offset = time.time_ns() - time.monotonic_ns()
         self.script = script
         self.syscalls = syscalls
         self.target_pid = target_pid
@@ -283,7 +288,8 @@ class Translator:
         if name in pm.variables:
             return pm.variables[name]
         if name in BUILTINS:
-            return BUILTINS[name]
+            text, kind = BUILTINS[name]
+            return text.format(wall_offset=int(self.wall_offset)), kind
         if name == "probeprov":
             return _str_lit(pm.provider), STR
         if name == "probemod":
@@ -334,11 +340,6 @@ class Translator:
     def aggregation(self, s: AggAssign, pm: ProbeMap) -> str:
         keys = [self.expr(k, pm) for k in s.keys]
         key_kinds = tuple(kind for _, kind in keys)
-        info = self.aggs.get(s.name)
-        if info is None:
-            self.aggs[s.name] = AggregationSpec(s.name, s.func, key_kinds, len(self.aggs))
-        elif info.func != s.func or info.key_kinds != key_kinds:
-            raise self.err(f"@{s.name} is used with different functions or keys")
         args = [self.expr(a, pm) for a in s.args]
         if any(kind == STR for _, kind in args):
             raise self.err(f"{s.func}() needs numbers")
@@ -347,13 +348,20 @@ class Translator:
             raise self.err(f"{s.func}() takes {wanted[s.func]} argument(s)")
         func = {"quantize": "hist", "lquantize": "lhist"}.get(s.func, s.func)
         if s.func == "lquantize":
-            lo, hi, step = (a.value if isinstance(a, Num) else None for a in s.args[1:4])
-            if lo is None or hi is None or (len(s.args) == 4 and step is None):
-                raise self.err("lquantize() bounds and step must be integers")
-            step = step if len(s.args) == 4 else 1
-            argtext = f"{args[0][0]}, {int(lo)}, {int(hi)}, {int(step or 1)}"
+            bounds = [a.value if isinstance(a, Num) else None for a in s.args[1:]]
+            bounds += [1] * (3 - len(bounds))  # lquantize(x, lo, hi): step 1
+            lo, hi, step = bounds
+            if lo is None or hi is None or step is None or step <= 0 or hi <= lo:
+                raise self.err("lquantize() bounds and step must be integers, lo < hi, step > 0")
+            argtext = f"{args[0][0]}, {int(lo)}, {int(hi)}, {int(step)}"
+            lq_bounds: tuple[int, int, int] | None = (int(lo), int(hi), int(step))
         else:
             argtext = ", ".join(a for a, _ in args)
+            lq_bounds = None
+        spec = AggregationSpec(s.name, s.func, key_kinds, len(self.aggs), lq_bounds)
+        info = self.aggs.setdefault(s.name, spec)
+        if (info.func, info.key_kinds, info.lquantize) != (s.func, key_kinds, lq_bounds):
+            raise self.err(f"@{s.name} is used with different functions or keys")
         key = f"[{', '.join(k for k, _ in keys)}]" if keys else ""
         return f"{self.agg_name(s.name)}{key} = {func}({argtext});"
 
@@ -370,7 +378,7 @@ class Translator:
             if len(s.args) != 1:
                 raise self.err("trace() takes one argument")
             text, kind = self.expr(s.args[0], pm)
-            return self.printf("%s\n" if kind == STR else "%d\n", [(text, kind)])
+            return self.printf("%s\n" if kind in (STR, SYSCALL) else "%d\n", [(text, kind)])
         if s.name == "exit":
             return "exit();"
         if s.name in ("printa", "trunc", "clear"):
@@ -395,7 +403,8 @@ class Translator:
             index = len(self.printa_formats) - 1
             return (
                 f'printf("{PRINTA_MARK.encode("unicode_escape").decode()}{index}\\n"); '
-                f"print({self.agg_name(name)});"
+                f"print({self.agg_name(name)}); "
+                f'printf("{PRINTA_DONE.encode("unicode_escape").decode()}\\n");'
             )
         raise self.err(f"action {s.name!r} is not supported")
 
@@ -427,7 +436,9 @@ class Translator:
                 out.append(WALLTIME_MARK.encode("unicode_escape").decode() + "%llu\\x01")
                 values.append(text)
             elif conv == "s" and kind == SYSCALL:
-                out.append(SYSCALL_MARK.encode("unicode_escape").decode() + "%d\\x01")
+                # The renderer names the number and applies the width and flags.
+                spec_text = spec[1:].replace("%", "")
+                out.append(SYSCALL_MARK.encode("unicode_escape").decode() + f"{spec_text}:%d\\x01")
                 values.append(text)
             elif conv == "s":
                 if kind != STR:
@@ -491,8 +502,10 @@ class Translator:
         """(guard expression or "", body statements) of one clause at one probe."""
         conditions = [pm.predicate] if pm.predicate else []
         if self.exclude_pid is not None and pm.bpf not in ("BEGIN", "END"):
-            # The tool itself: its output must not feed back into what it traces.
+            # The tool itself and its bpftrace: their output must not feed back into
+            # what they trace (bpftrace's PID is not known before it starts).
             conditions.append(f"pid != {int(self.exclude_pid)}")
+            conditions.append('comm != "bpftrace"')
         if clause.predicate is not None:
             text, _ = self.expr(clause.predicate, pm)
             conditions.append(text)

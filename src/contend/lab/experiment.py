@@ -211,13 +211,12 @@ class Lab:
         )
         self.progress.phase(name, max(int(rate * opts.duration_s), 1))
         tracer = self._syscall_tracer()
-        sampler.start()
-        start = time.monotonic_ns()
+        if tracer is not None:
+            tracer.start()  # compiles for a second or two: before the window opens
         traced_from = time.monotonic()
         try:
-            if tracer is not None:
-                tracer.start()
-                traced_from = time.monotonic()
+            sampler.start()
+            start = time.monotonic_ns()
             requests = load.run_load(
                 url,
                 rate,
@@ -227,10 +226,10 @@ class Lab:
                 on_result=self.progress.request_done,
             )
         finally:
+            snapshots = sampler.stop()
+            end = time.monotonic_ns()
             traced_s = time.monotonic() - traced_from if tracer is not None else None
             out = tracer.stop() if tracer is not None else None
-            snapshots = sampler.stop()
-        end = time.monotonic_ns()
         return ArmRecord(
             name=name,
             start_ns=start,

@@ -9,6 +9,7 @@ Ctrl-C, SIGTERM or the command's exit), stops the tracer and turns its maps into
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -125,13 +126,18 @@ class _Collector:
 
 def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) -> TraceResult:
     launched = launch(opts.target.command) if opts.target.command else None
-    initial: tuple[int, ...] = (launched.proc.pid,) if launched else ()
-    if opts.target.cgroup is not None and opts.target.cgroup_id is None:
-        initial = tuple(_cgroup_pids(opts.target))
-    collector = _Collector(opts)
-    tracer = bt.Bpftrace(
-        build_program(opts, initial), on_printf=collector, buffer_pages=opts.buffer_pages
-    )
+    try:
+        initial: tuple[int, ...] = (launched.proc.pid,) if launched else ()
+        if opts.target.cgroup is not None and opts.target.cgroup_id is None:
+            initial = tuple(_cgroup_pids(opts.target))
+        collector = _Collector(opts)
+        tracer = bt.Bpftrace(
+            build_program(opts, initial), on_printf=collector, buffer_pages=opts.buffer_pages
+        )
+    except BaseException:
+        if launched is not None:
+            launched.abort()
+        raise
     collector.output = tracer.output
     exit_status: int | None = None
     notes: list[str] = []
@@ -148,6 +154,10 @@ def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) ->
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                watched = opts.target.watch_pid
+                if watched is not None and not os.path.exists(f"/proc/{watched}"):
+                    notes.append(f"the target stopped mid-trace (pid {watched} exited)")
+                    break
                 wait(0.05)
         except (KeyboardInterrupt, Terminated):
             # Ctrl-C or SIGTERM ends the trace, as with bpftrace and perf: report it.
@@ -158,6 +168,8 @@ def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) ->
         # Who owns each call still in flight: asked now, while those threads live.
         owners = {int(t): thread_owner(int(t)) for t in out.maps.get("@contend_sys_start", {})}
         if launched is not None:
+            if launched.gate_w >= 0:
+                launched.abort()
             if launched.proc.poll() is None:
                 launched.proc.terminate()
                 try:
@@ -171,6 +183,8 @@ def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) ->
         notes.append("no target given: the whole system was traced")
     if out.lost_events:
         notes.append(f"{out.lost_events} events were lost: results are incomplete")
+    if out.errors:
+        notes.append(f"{len(out.errors)} tracer output records not understood: {out.errors[0]}")
     return _result(
         opts, out, collector, ended - started, tracer.tracer_cpu_s, exit_status, notes, owners
     )

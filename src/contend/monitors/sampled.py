@@ -103,7 +103,8 @@ def run_sampled(
         events.extend(_events(a, b))
     if launched is not None and exit_status is not None:
         pid = launched.pid
-        code, sig = (exit_status, 0) if exit_status < 128 else (None, exit_status - 128)
+        rc = launched.returncode  # negative: killed by that signal (subprocess's rule)
+        code, sig = (rc, 0) if rc >= 0 else (None, -rc)
         events = [e for e in events if not (e.event == "exit" and e.pid == pid and e.tid == pid)]
         events.append(
             ProcessEvent(

@@ -58,10 +58,12 @@ def fragment(pred: Predicate) -> str:
     return, are counted by their own tracepoints (they fire for nothing else)."""
     text = (
         f"tracepoint:raw_syscalls:sys_enter {pred.guard()} {{\n"
-        "  @contend_sys_start[tid] = (nsecs << 10) | (args->id & 0x3ff);\n"
+        # 54 bits of time (208 days) above 10 bits of syscall number; the difference at
+        # exit is taken modulo 2^54, so it stays right across that wrap of nsecs.
+        "  @contend_sys_start[tid] = ((nsecs & 0x3fffffffffffff) << 10) | (args->id & 0x3ff);\n"
         "}\n"
         "tracepoint:raw_syscalls:sys_exit /@contend_sys_start[tid]/ {\n"
-        "  $d = nsecs - (@contend_sys_start[tid] >> 10);\n"
+        "  $d = ((nsecs & 0x3fffffffffffff) - (@contend_sys_start[tid] >> 10)) & 0x3fffffffffffff;\n"
         "  delete(@contend_sys_start[tid]);\n"
         "  @sys_time[pid, args->id, comm] = stats($d);\n"
         "  @sys_max[pid, args->id] = max($d);\n"

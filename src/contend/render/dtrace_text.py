@@ -16,16 +16,17 @@ from typing import Any
 
 from contend.model import AggregationSpec
 
-_MARK = re.compile("\x01([SW])(-?\\d+)\x01")
+# \x01S<flags><width>:<n>\x01 is syscall n printed as %<flags><width>s of its name;
+# \x01W<ns>\x01 is a time in ns since the epoch, printed as DTrace's %Y.
+_MARK = re.compile("\x01(?:S([-+ #0]*\\d*(?:\\.\\d+)?):(-?\\d+)|W(-?\\d+))\x01")
 PRINTA = "\x02printa "
+PRINTA_DONE = "\x02printa-done"
 END = "\x02end"
-_MONOTONIC_TO_WALL_NS = time.time_ns() - time.monotonic_ns()
 
 
-def walltime(monotonic_ns: int) -> str:
+def walltime(epoch_ns: int) -> str:
     """DTrace's %Y: '2024 Jan 15 10:30:45'."""
-    t = time.localtime((monotonic_ns + _MONOTONIC_TO_WALL_NS) / 1e9)
-    return time.strftime("%Y %b %e %H:%M:%S", t).replace("  ", " ")
+    return time.strftime("%Y %b %e %H:%M:%S", time.localtime(epoch_ns / 1e9)).replace("  ", " ")
 
 
 class DTraceOutput:
@@ -47,12 +48,17 @@ class DTraceOutput:
 
     def finish_marks(self, text: str) -> str:
         def one(m: re.Match[str]) -> str:
-            value = int(m.group(2))
-            return self.syscall_name(value) if m.group(1) == "S" else walltime(value)
+            if m.group(3) is not None:
+                return walltime(int(m.group(3)))
+            return f"%{m.group(1)}s" % self.syscall_name(int(m.group(2)))
 
         return _MARK.sub(one, text)
 
     def printf(self, text: str) -> None:
+        if text.strip() == PRINTA_DONE:
+            # bpftrace prints nothing for an empty map: forget its pending format.
+            self.pending_printa = None
+            return
         if text.startswith(PRINTA):
             self.pending_printa = int(text[len(PRINTA) :].strip())
             return
@@ -84,7 +90,7 @@ class DTraceOutput:
     # formatting ------------------------------------------------------------------------
 
     def _key(self, spec: AggregationSpec, raw: str) -> list[str]:
-        parts = raw.split(",", len(spec.key_kinds) - 1) if spec.key_kinds else []
+        parts = split_key(raw, spec.key_kinds)
         out = []
         for kind, part in zip(spec.key_kinds, parts, strict=False):
             if kind == "syscall":
@@ -98,11 +104,11 @@ class DTraceOutput:
     def format(self, spec: AggregationSpec, value: Any, fmt: str | None) -> str:
         if spec.func in ("quantize", "lquantize"):
             if not spec.key_kinds:
-                return "\n" + _histogram(value, spec.func) + "\n"
+                return "\n" + _histogram(value, spec) + "\n"
             blocks = []
             for raw, buckets in value.items():
                 blocks.append(
-                    "  " + "  ".join(self._key(spec, raw)) + "\n" + _histogram(buckets, spec.func)
+                    "  " + "  ".join(self._key(spec, raw)) + "\n" + _histogram(buckets, spec)
                 )
             return "\n" + "\n".join(blocks) + "\n"
         entries: list[tuple[list[str], int]]
@@ -126,39 +132,62 @@ class DTraceOutput:
         return "\n" + "\n".join(lines) + "\n\n"
 
 
-def _histogram(buckets: list[dict[str, int]], func: str) -> str:
-    """DTrace's quantize/lquantize layout, one zero row before and after the data."""
-    rows: list[tuple[str, int]] = []
-    for b in buckets:
-        if "min" not in b:
-            rows.append((f"< {int(b['max']) + 1}", int(b["count"])))
-        elif "max" not in b and func == "lquantize":
-            rows.append((f">= {int(b['min'])}", int(b["count"])))
-        else:
-            rows.append((str(int(b["min"])), int(b["count"])))
-    nonzero = [i for i, (_, c) in enumerate(rows) if c]
+def split_key(raw: str, kinds: tuple[str, ...]) -> list[str]:
+    """bpftrace joins tuple keys with ',' unquoted. Numbers hold no commas, so they are
+    peeled off both ends; what is left in the middle is the string key(s)."""
+    if not kinds:
+        return []
+    parts = raw.split(",")
+    left: list[str] = []
+    right: list[str] = []
+    i, j = 0, len(kinds) - 1
+    while i <= j and kinds[i] != "str" and parts:
+        left.append(parts.pop(0))
+        i += 1
+    while j >= i and kinds[j] != "str" and parts:
+        right.insert(0, parts.pop())
+        j -= 1
+    middle_count = j - i + 1
+    if middle_count <= 0:
+        return left + right
+    if middle_count == 1:
+        return [*left, ",".join(parts), *right]
+    # Several string keys: ambiguous if they hold commas; split from the left.
+    head = parts[: middle_count - 1]
+    return [*left, *head, ",".join(parts[middle_count - 1 :]), *right]
+
+
+def _histogram(buckets: list[dict[str, int]], spec: AggregationSpec) -> str:
+    """DTrace's quantize/lquantize layout: the rows from one below the first non-zero
+    bucket to one above the last, `value |@@@ count`, bars scaled to the total."""
     header = f"{'value':>16}  ------------- Distribution ------------- count"
+    rows: list[tuple[str, int]]
+    if spec.func == "lquantize" and spec.lquantize is not None:
+        lo, hi, step = spec.lquantize
+        by_min = {int(b["min"]): int(b["count"]) for b in buckets if "min" in b}
+        under = sum(int(b["count"]) for b in buckets if "min" not in b)
+        rows = [(f"< {lo}", under)]
+        rows += [(str(v), by_min.get(v, 0)) for v in range(lo, hi, step)]
+        rows.append((f">= {hi}", by_min.get(hi, 0)))
+    else:
+        # bpftrace puts every negative value in one bucket ({"max": -1}); the rest are
+        # 0, 1, then powers of two: one row each, labelled by its low bound.
+        negative = sum(int(b["count"]) for b in buckets if "min" not in b)
+        lows = {int(b["min"]): int(b["count"]) for b in buckets if "min" in b}
+        top = max(lows, default=0)
+        values = [0, 1]
+        while values[-1] < max(top, 1) * 2:
+            values.append(values[-1] * 2)
+        rows = [("< 0", negative)] + [(str(v), lows.get(v, 0)) for v in values]
+        if not negative:
+            rows[0] = ("-1", 0)  # dtrace's row below 0
+    nonzero = [i for i, (_, c) in enumerate(rows) if c]
     if not nonzero:
         return header + "\n"
-    first, last = nonzero[0], nonzero[-1]
-    shown = rows[first : last + 1]
-    if func == "quantize":
-        low = int(rows[first][0])
-        before = "0" if low <= 1 else str(low // 2)
-        after = str(int(rows[last][0]) * 2) if int(rows[last][0]) > 0 else "1"
-        if first == 0 or rows[first - 1][1] == 0:
-            shown.insert(0, (before, 0))
-        shown.append((after, 0))
-    else:
-        if first > 0:
-            shown.insert(0, rows[first - 1])
-        elif not rows[0][0].startswith("<"):
-            shown.insert(0, (f"< {rows[0][0]}", 0))  # dtrace shows the underflow row
-        if last + 1 < len(rows):
-            shown.append(rows[last + 1])
+    first, last = max(nonzero[0] - 1, 0), min(nonzero[-1] + 1, len(rows) - 1)
     total = sum(c for _, c in rows)
     lines = [header]
-    for label, count in shown:
+    for label, count in rows[first : last + 1]:
         bar = "@" * round(40 * count / total) if total else ""
         lines.append(f"{label:>16} |{bar:<40} {count}")
     return "\n".join(lines) + "\n"
