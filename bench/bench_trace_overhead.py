@@ -44,19 +44,11 @@ HAND_WRITTEN = (
 COUNT_ONLY = "tracepoint:raw_syscalls:sys_enter /pid == cpid/ { @[args->id] = count(); }\n"
 
 
-def contend() -> list[str]:
+def contend(latency: str = "sampled") -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "contend",
-        "trace",
-        "syscalls",
-        "--format",
-        "json",
-        "-o",
-        os.devnull,
-        "--",
-    ]
+        sys.executable, "-m", "contend", "trace", "syscalls", "--latency", latency,
+        "--format", "json", "-o", os.devnull, "--",
+    ]  # fmt: skip
 
 
 def tracers() -> dict[str, list[str] | None]:
@@ -68,6 +60,7 @@ def tracers() -> dict[str, list[str] | None]:
         else None,
         "bpftrace count only": ["bpftrace", "-e", COUNT_ONLY, "-c"] if bpftrace else None,
         "contend trace syscalls": contend() if bpftrace else None,
+        "contend ... --latency exact": contend("exact") if bpftrace else None,
         "perf trace -s": ["perf", "trace", "-s", "-o", os.devnull, "--"]
         if shutil.which("perf")
         else None,

@@ -348,19 +348,26 @@ def test_auto_falls_back_to_procfs_without_bpftrace(
 
 
 def test_lost_events_are_counted_and_said(kernel_tracing: None, tmp_path: Path) -> None:
-    """A one-page event buffer cannot keep up with 100k writes: losses are reported."""
-    storm = "import os\nfd = os.open('/dev/null', os.O_WRONLY)\nfor _ in range(100000):\n    os.write(fd, b'x')\n"
+    """A one-page event buffer cannot keep up with 300k writes: losses are reported.
+    Whether the reader falls behind depends on scheduling, so up to three tries."""
+    storm = "import os\nfd = os.open('/dev/null', os.O_WRONLY)\nfor _ in range(300000):\n    os.write(fd, b'x')\n"
     args = ["io", "--events", "--buffer-pages", "1", "--", sys.executable, "-c", storm]
-    rc, result, err = trace_json(*args)
-    assert rc == 0, err
+    for _ in range(3):
+        rc, result, err = trace_json(*args)
+        assert rc == 0, err
+        if result["lost_events"] > 0:
+            break
     assert result["lost_events"] > 0
     assert f"{result['lost_events']} events were lost: results are incomplete" in result["notes"]
     # The in-kernel counts do not go through that buffer: still exact.
     writes = [r for r in result["io"] if r["op"] == "write"]
-    assert sum(r["count"] for r in writes) >= 100000
-    done = subprocess.run(
-        [*contend_command(), "trace", *args], capture_output=True, text=True, timeout=120
-    )
+    assert sum(r["count"] for r in writes) >= 300000
+    for _ in range(3):
+        done = subprocess.run(
+            [*contend_command(), "trace", *args], capture_output=True, text=True, timeout=120
+        )
+        if " 0 lost" not in done.stdout:
+            break
     assert "events were lost: results are incomplete" in done.stdout
     assert done.stdout.rstrip().splitlines()[-2].endswith(" lost") and " 0 lost" not in done.stdout
     bad = subprocess.run(
@@ -441,3 +448,18 @@ def test_unknown_container_is_one_clear_line() -> None:
         text=True,
     )
     assert bad.returncode == 2 and "is not a container name or ID" in bad.stderr
+
+
+def test_sampled_latency_times_a_sixteenth_and_exact_times_all(
+    known_run: tuple[int, dict[str, Any]],
+) -> None:
+    _, sampled = known_run  # the default: --latency sampled
+    assert sampled["syscall_latency"] == "sampled 1/16"
+    (getsid,) = [r for r in sampled["syscalls"] if r["syscall"] == "getsid"]
+    assert getsid["count"] == 1234  # counts stay exact
+    assert 20 <= getsid["timed"] <= 250  # about 1234 / 16 = 77
+    rc, exact, err = trace_json("syscalls", "--latency", "exact", "--", sys.executable, "-c", KNOWN)
+    assert rc == 42, err
+    assert exact["syscall_latency"] == "exact"
+    (getsid,) = [r for r in exact["syscalls"] if r["syscall"] == "getsid"]
+    assert getsid["count"] == getsid["timed"] == 1234

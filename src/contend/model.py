@@ -307,6 +307,7 @@ class SyscallRow:
     avg_ns: float | None
     max_ns: int
     blocking: bool
+    timed: int = 0  # calls whose latency was measured (all that returned, or the sample)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +409,7 @@ class TraceResult:
     files: tuple[FileRow, ...] = ()
     notes: tuple[str, ...] = ()
     exit_status: int | None = None
+    syscall_latency: str = "exact"  # or "sampled 1/16": counts and errors stay exact
     schema: str = SCHEMA_TRACE
 
     def to_json_dict(self) -> dict[str, Any]:

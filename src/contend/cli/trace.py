@@ -48,6 +48,12 @@ BACKENDS = ("auto", "bpftrace", "procfs")
 @click.option("--format", "fmt", default="text", show_default=True, help="text or json.")
 @click.option("-o", "--output", help="Write the result to this file instead of stdout.")
 @click.option("--events", is_flag=True, help="Also stream per-event lines (cpu, io, process).")
+@click.option(
+    "--latency",
+    default="sampled",
+    show_default=True,
+    help="syscalls: time 1 call in 16 (counts and errors stay exact), or exact: every call.",
+)
 @click.option("--interval", help="Also print the summary so far every S seconds.")
 @click.option(
     "--buffer-pages",
@@ -69,6 +75,7 @@ def command(
     fmt: str,
     output: str | None,
     events: bool,
+    latency: str,
     interval: str | None,
     buffer_pages: str | None,
     print_program: bool,
@@ -110,8 +117,16 @@ def command(
         if pages & (pages - 1):
             raise UsageError(f"--buffer-pages: {pages} is not a power of 2")
     every = parse_duration("--interval", interval, 0.1, 86400) if interval else None
+    if latency not in ("sampled", "exact"):
+        raise UsageError(f"--latency: {latency!r} is not sampled or exact")
     opts = TraceOptions(
-        chosen, target, seconds, events=events, buffer_pages=pages, interval_s=every
+        chosen,
+        target,
+        seconds,
+        events=events,
+        buffer_pages=pages,
+        interval_s=every,
+        latency=latency,
     )
     if print_program:
         click.echo(build_program(opts, initial_pids=(0,) if command_args else ()).text(), nl=False)

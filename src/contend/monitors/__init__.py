@@ -33,6 +33,7 @@ class TraceOptions:
     duration_s: float | None = None
     events: bool = False
     buffer_pages: int | None = None  # perf ring buffer pages per CPU for events
+    latency: str = "exact"  # syscalls: "exact" (every call timed) or "sampled"
     interval_s: float | None = None
     on_interval: Callable[[TraceResult], None] | None = None  # the summary so far
     on_event: Callable[[TraceEvent], None] | None = None  # --events, as they arrive
@@ -51,9 +52,14 @@ def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.
     if opts.interval_s is not None:
         program.interval_ms = max(int(opts.interval_s * 1000), 10)
     if "syscalls" in chosen:
-        program.fragments.append(syscalls.fragment(pred))
-        program.internal_maps.extend(syscalls.INTERNAL_MAPS)
-        program.result_maps.extend(syscalls.RESULT_MAPS)
+        if opts.latency == "sampled":
+            program.fragments.append(syscalls.sampled_fragment(pred))
+            program.internal_maps.extend(syscalls.SAMPLED_INTERNAL_MAPS)
+            program.result_maps.extend(syscalls.SAMPLED_RESULT_MAPS)
+        else:
+            program.fragments.append(syscalls.fragment(pred))
+            program.internal_maps.extend(syscalls.INTERNAL_MAPS)
+            program.result_maps.extend(syscalls.RESULT_MAPS)
     if "cpu" in chosen:
         known: list[int] = list(target.pids) or list(initial_pids)
         if target.comm is not None:
@@ -229,4 +235,7 @@ def _result(
         files=tuple(file_rows),
         notes=tuple(notes),
         exit_status=exit_status,
+        syscall_latency=(
+            f"sampled 1/{syscalls.SAMPLE_EVERY}" if opts.latency == "sampled" else "exact"
+        ),
     )

@@ -95,6 +95,11 @@ def render(result: TraceResult, event_lines: Sequence[str] = ()) -> str:
         rows += [[r.comm, r.pid, r.syscall, r.count, r.errors] for r in result.syscalls]
         out += _table(rows, right=(1, 3, 4))
         out += ["", "=== Average Execution Time (ns) ==="]
+        if result.syscall_latency != "exact":
+            out.append(
+                f"(latency {result.syscall_latency}: that share of calls timed; "
+                "counts and errors exact)"
+            )
         timed = sorted(
             (r for r in result.syscalls if r.avg_ns is not None), key=lambda r: -(r.avg_ns or 0)
         )
