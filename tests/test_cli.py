@@ -36,6 +36,12 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ),
         (["--bogus"], "No such option '--bogus'"),
         (["--backend", "dtrace"], "--backend: 'dtrace' is not one of auto, procfs, bpftrace"),
+        (
+            ["--arms", "baseline,nope"],
+            "--arms: 'nope' is not one of baseline, contention, unlimited",
+        ),
+        (["--arms", "baseline"], "--arms: baseline and contention are always run"),
+        (["--arms", "baseline,contention,unlimited", "--no-sandbox"], "it needs the sandbox"),
     ],
 )
 def test_lab_bad_input(args: list[str], message: str) -> None:

@@ -172,3 +172,25 @@ def test_lab_without_sandbox(tmp_path: Path) -> None:
     # One noise process on a 2-CPU machine, no quota: it gets most of a CPU.
     assert cont["metrics"]["cpu_cores"]["noise"] > 0.8
     assert _wait_for(lambda: pgrep("contend-app") == [] and pgrep("contend-noise") == [], 5)
+
+
+@pytest.mark.usefixtures("root_cgroups")
+def test_unlimited_arm_is_blamed_on_the_neighbours(tmp_path: Path) -> None:
+    """--arms with unlimited: the quota lifted, the app still waits, behind the noise."""
+    out = tmp_path / "lab.json"
+    done = subprocess.run(
+        [*contend_command(), "lab", "--arms", "baseline,contention,unlimited", "--duration", "4",
+         "--backend", "procfs", "--json", str(out)],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    arms = {a["name"]: a for a in json.loads(out.read_text())["arms"]}
+    assert list(arms) == ["baseline", "contention", "unlimited"]
+    unlimited = arms["unlimited"]
+    assert unlimited["verdict"]["contention"] is True
+    assert unlimited["metrics"]["throttled_period_ratio"] is None  # no quota in that arm
+    causes = " ".join(unlimited["verdict"]["causes"])
+    assert "neighbours: noise" in causes and "quota" not in causes
+    assert any("quota" in c for c in arms["contention"]["verdict"]["causes"])
+    # Without the quota the noise takes far more than the 0.35 CPUs it got under it.
+    assert unlimited["metrics"]["cpu_cores"]["noise"] > 1.0

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from contend.cli.console import stdout_console
 from contend.errors import UsageError
 from contend.lab.app import DEFAULT_N, MAX_N
-from contend.lab.experiment import LabOptions, run_lab
+from contend.lab.experiment import ARMS, LabOptions, run_lab
 from contend.model import RequestSample
 from contend.render import json as render_json
 from contend.render import text as render_text
@@ -62,6 +62,12 @@ class RichProgress:
     "--n", "compute_n", default=str(DEFAULT_N), show_default=True, help="Work per /compute request."
 )
 @click.option(
+    "--arms",
+    default="baseline,contention",
+    show_default=True,
+    help="Arms to run, from baseline,contention,unlimited (unlimited: noise, no quota).",
+)
+@click.option(
     "--backend",
     default="auto",
     show_default=True,
@@ -84,6 +90,7 @@ def command(
     rate: str | None,
     concurrency: str,
     compute_n: str,
+    arms: str,
     backend: str,
     no_sandbox: bool,
     json_path: str | None,
@@ -99,6 +106,7 @@ def command(
         compute_n=parse_positive_int("--n", compute_n, 1, MAX_N),
         sandbox=not no_sandbox,
         backend=_backend(backend),
+        arms=_arms(arms, no_sandbox),
     )
     if json_path is not None:
         parent = Path(json_path).resolve().parent
@@ -118,6 +126,18 @@ def command(
     if json_path is not None:
         Path(json_path).write_text(render_json.render_lab(result))
     return 0
+
+
+def _arms(value: str, no_sandbox: bool) -> tuple[str, ...]:
+    names = tuple(a.strip() for a in value.split(",") if a.strip())
+    unknown = [a for a in names if a not in ARMS]
+    if unknown:
+        raise UsageError(f"--arms: {unknown[0]!r} is not one of {', '.join(ARMS)}")
+    if "baseline" not in names or "contention" not in names:
+        raise UsageError("--arms: baseline and contention are always run; add unlimited or not")
+    if "unlimited" in names and no_sandbox:
+        raise UsageError("--arms unlimited lifts the sandbox's quota: it needs the sandbox")
+    return tuple(a for a in ARMS if a in names)
 
 
 def _backend(value: str) -> str:

@@ -33,6 +33,8 @@ from contend.monitors import TraceOptions, build_program, syscalls, thread_owner
 from contend.prctl import die_with_parent
 from contend.target import Target
 
+ARMS = ("baseline", "contention", "unlimited")
+
 # Calibration: the baseline uses this share of the CPU the app can get (the quota, at most
 # one CPU: one gunicorn worker runs Python code on one CPU at a time, GIL).
 BASELINE_LOAD_SHARE = 0.4
@@ -55,6 +57,9 @@ class LabOptions:
     # "procfs": sampling only; "bpftrace": also the app's syscalls, exact, with latency;
     # "auto": bpftrace when available (root and bpftrace installed).
     backend: str = "auto"
+    # Arms in the order they run: baseline (app alone, quota), contention (app + noise,
+    # quota), unlimited (app + noise, the quota lifted: waiting behind neighbours only).
+    arms: tuple[str, ...] = ("baseline", "contention")
 
 
 class Progress(Protocol):
@@ -275,19 +280,26 @@ class Lab:
                 cost_s, rate = self.calibrate(url)
             else:
                 rate = opts.rate_per_s
-            baseline = self.run_arm("baseline", url, rate)
+            records = [self.run_arm("baseline", url, rate)]
             self.progress.phase("starting noise", None)
             self.noise = self._spawn("contend.lab.noise", "--workers", str(opts.noise_workers))
             time.sleep(0.3)  # let the noise processes fork before the first sample
-            contention = self.run_arm("contention", url, rate)
+            records.append(self.run_arm("contention", url, rate))
+            if "unlimited" in opts.arms and self.sandbox is not None:
+                self.sandbox.set_limits(Limits(None, opts.memory_bytes))
+                records.append(self.run_arm("unlimited", url, rate))
+                self.sandbox.set_limits(Limits(opts.cpus, opts.memory_bytes))
         finally:
             self.close()
 
-        limit = self.sandbox.limits.cpus if self.sandbox else None
+        baseline = records[0]
+        limit = baseline.cpu_limit
         arms = []
-        for record in (baseline, contention):
+        for record in records:
             metrics = arm_metrics(record)
-            arms.append(ArmResult(record.name, metrics, verdict(metrics, cpu_limit=limit)))
+            arms.append(
+                ArmResult(record.name, metrics, verdict(metrics, cpu_limit=record.cpu_limit))
+            )
         config = LabConfig(
             cpus=limit,
             memory_bytes=self.sandbox.limits.memory_bytes if self.sandbox else None,
