@@ -6,7 +6,6 @@ and exits with its code. Nothing above the backends sees a raw OSError.
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NO_PERMISSION = 77  # sysexits EX_NOPERM
@@ -39,10 +38,6 @@ class PermissionNeeded(ContendError):
     """The operation needs privileges this process does not have."""
 
     exit_code = EXIT_NO_PERMISSION
-
-
-class NoSuchProcess(ContendError):
-    """A process vanished or never existed (psutil's name for it)."""
 
 
 class Terminated(BaseException):

@@ -17,7 +17,7 @@ from contend.collect import checks, choose_backend
 def command(as_json: bool) -> int:
     """Check root, cgroups, PSI, schedstat, tracefs and bpftrace; pick a backend."""
     results = checks()
-    backend, reason = choose_backend("auto")
+    backend, reason = choose_backend()
     if as_json:
         click.echo(
             json.dumps(

@@ -1,7 +1,7 @@
 """Collection backends and what this machine offers them.
 
 Each probe says whether a capability is there, and if not, why and how to fix it
-(pyperf's `available()`/`show()` shape). `choose_backend("auto")` picks the best backend
+(pyperf's `available()`/`show()` shape). `choose_backend()` picks the best backend
 that is both implemented and available, and says why.
 """
 
@@ -13,19 +13,15 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from contend.collect.cgroups import detect_layout
+from contend.collect.cgroups import detect_layout, parse_mountinfo
 from contend.collect.procfs import ProcFS
 
 # Documentation/trace/ftrace.rst: tracefs is mounted at /sys/kernel/tracing (older
 # systems: /sys/kernel/debug/tracing through debugfs).
 TRACEFS = Path("/sys/kernel/tracing")
 
-# Backends in order of preference for `auto`; the comment says why the order.
-#   bpftrace: exact, aggregated in the kernel, cheapest per event (issue: eBPF monitors)
-#   tracefs:  exact per-event timeline, heavier to read (issue: tracefs backend)
-#   procfs:   sampled, no root needed; always there
-BACKENDS = ("bpftrace", "tracefs", "procfs")
-IMPLEMENTED = frozenset({"bpftrace", "procfs"})
+# `auto` prefers bpftrace (exact, aggregated in the kernel, cheapest per event) and falls
+# back on procfs (sampled, no root needed, always there).
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +34,10 @@ class Check:
 
 def _mounted(fstype: str) -> list[str]:
     try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        text = Path("/proc/self/mountinfo").read_text()
     except OSError:
         return []
-    out = []
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        if right.split()[:1] == [fstype]:
-            out.append(left.split()[4])
-    return out
+    return [str(m.mount_point) for m in parse_mountinfo(text, (fstype,))]
 
 
 def bpftrace_version() -> str | None:
@@ -122,12 +113,8 @@ def checks() -> list[Check]:
     return out
 
 
-def choose_backend(requested: str = "auto") -> tuple[str, str]:
-    """(backend, reason)."""
-    if requested != "auto":
-        if requested not in BACKENDS:
-            raise ValueError(requested)
-        return requested, "requested"
+def choose_backend() -> tuple[str, str]:
+    """(backend `auto` picks, reason)."""
     from contend.collect import bpftrace
 
     ok, why = bpftrace.available()

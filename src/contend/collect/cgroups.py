@@ -39,8 +39,8 @@ def _unescape(path: str) -> str:
     return "".join(out)
 
 
-def parse_mountinfo(text: str) -> list[Mount]:
-    """Cgroup mounts from mountinfo lines:
+def parse_mountinfo(text: str, fstypes: tuple[str, ...] = ("cgroup", "cgroup2")) -> list[Mount]:
+    """Mounts of `fstypes` (default: the cgroup ones) from mountinfo lines:
     ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTS
     """
     mounts = []
@@ -53,7 +53,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
         if len(fields_left) < 5 or len(fields_right) < 3:
             continue
         fstype = fields_right[0]
-        if fstype not in ("cgroup", "cgroup2"):
+        if fstype not in fstypes:
             continue
         mounts.append(
             Mount(
