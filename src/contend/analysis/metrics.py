@@ -144,23 +144,35 @@ def task_deltas(snapshots: Sequence[Snapshot], clock_ticks: int) -> list[TaskDel
     return out
 
 
-def io_syscalls(snapshots: Sequence[Snapshot], pids: set[int]) -> int | None:
-    """syscr + syscw made by `pids` within the window, or None if never readable."""
-    first: dict[tuple[int, int], ProcessIO] = (
-        {i.key: i for i in snapshots[0].io} if snapshots else {}
-    )
+def io_deltas(snapshots: Sequence[Snapshot]) -> list[ProcessIO]:
+    """Per process, what /proc/PID/io grew by within the window (a process born inside
+    it counts from zero; one that exited keeps its last reading)."""
+    first = {i.key: i for i in snapshots[0].io} if snapshots else {}
     last: dict[tuple[int, int], ProcessIO] = {}
     for snap in snapshots:
         for i in snap.io:
-            if i.pid in pids:
-                last[i.key] = i
-    if not last:
-        return None
-    total = 0
+            last[i.key] = i
+    out = []
     for key, io in last.items():
-        base = first.get(key)
-        total += (io.syscr + io.syscw) - ((base.syscr + base.syscw) if base else 0)
-    return total
+        base = first.get(key) or ProcessIO(io.pid, io.start_ticks, 0, 0)
+        out.append(
+            ProcessIO(
+                pid=io.pid,
+                start_ticks=io.start_ticks,
+                syscr=io.syscr - base.syscr,
+                syscw=io.syscw - base.syscw,
+                rchar=io.rchar - base.rchar,
+                wchar=io.wchar - base.wchar,
+                comm=io.comm,
+            )
+        )
+    return out
+
+
+def io_syscalls(snapshots: Sequence[Snapshot], pids: set[int]) -> int | None:
+    """syscr + syscw made by `pids` within the window, or None if never readable."""
+    mine = [d for d in io_deltas(snapshots) if d.pid in pids]
+    return sum(d.syscr + d.syscw for d in mine) if mine else None
 
 
 def _avg_latency_us(rows: Sequence[SyscallRow]) -> float | None:

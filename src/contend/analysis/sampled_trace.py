@@ -4,25 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from contend.analysis.metrics import CLOCK_TICKS_DEFAULT, busy_fairness, task_deltas
+from contend.analysis.metrics import CLOCK_TICKS_DEFAULT, busy_fairness, io_deltas, task_deltas
 from contend.model import (
     CpuRow,
     IoRow,
     Overhead,
-    ProcessIO,
     RunQueueLatency,
     SampledTrace,
     TraceResult,
 )
-
-
-def _io_deltas(trace: SampledTrace) -> dict[tuple[int, int], tuple[ProcessIO, ProcessIO | None]]:
-    first = {i.key: i for i in trace.snapshots[0].io} if trace.snapshots else {}
-    last: dict[tuple[int, int], ProcessIO] = {}
-    for snap in trace.snapshots:
-        for i in snap.io:
-            last[i.key] = i
-    return {key: (io, first.get(key)) for key, io in last.items()}
 
 
 def trace_result(trace: SampledTrace, monitors: tuple[str, ...], target: str) -> TraceResult:
@@ -53,14 +43,10 @@ def trace_result(trace: SampledTrace, monitors: tuple[str, ...], target: str) ->
         )
     io_rows = []
     per_process: dict[tuple[int, str], int] = defaultdict(int)
-    for (pid, _), (io, base) in _io_deltas(trace).items():
-        reads = io.syscr - (base.syscr if base else 0)
-        writes = io.syscw - (base.syscw if base else 0)
-        read_bytes = io.rchar - (base.rchar if base else 0)
-        write_bytes = io.wchar - (base.wchar if base else 0)
-        io_rows.append(IoRow(pid, io.comm, "read-like", reads, read_bytes))
-        io_rows.append(IoRow(pid, io.comm, "write-like", writes, write_bytes))
-        per_process[(pid, io.comm)] += reads + writes
+    for grew in io_deltas(trace.snapshots):
+        io_rows.append(IoRow(grew.pid, grew.comm, "read-like", grew.syscr, grew.rchar))
+        io_rows.append(IoRow(grew.pid, grew.comm, "write-like", grew.syscw, grew.wchar))
+        per_process[(grew.pid, grew.comm)] += grew.syscr + grew.syscw
     io_rows.sort(key=lambda r: (-r.count, r.pid, r.op))
     notes = list(trace.notes)
     if "syscalls" in monitors:
