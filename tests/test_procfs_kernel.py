@@ -151,3 +151,28 @@ def test_system_pressure_is_read() -> None:
     b = ProcFS().system_pressure()
     assert a is not None and b is not None
     assert b.some_us >= a.some_us
+
+
+def test_owner_of_a_thread_is_its_process() -> None:
+    proc = _child(
+        """
+        import sys, threading
+        stop = threading.Event()
+        t = threading.Thread(target=stop.wait); t.start()
+        sys.stdout.write("ready\\n"); sys.stdout.flush()
+        sys.stdin.readline()
+        stop.set()
+        """
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        fs = ProcFS()
+        tids = fs.tids(proc.pid)
+        assert len(tids) == 2
+        comm = fs.stat(proc.pid).comm
+        assert [fs.owner(t) for t in tids] == [(proc.pid, comm)] * 2
+    finally:
+        proc.kill()
+        proc.wait()
+    assert fs.owner(proc.pid) is None

@@ -251,6 +251,19 @@ class ProcFS:
             stack.extend(self.children(p))
         return seen
 
+    def owner(self, tid: int) -> tuple[int, str] | None:
+        """(pid, comm) of a live thread: /proc/TID resolves a thread ID too, and its
+        status names the thread group (fs/proc/array.c task_state(): Tgid)."""
+        try:
+            comm = self.stat(tid).comm
+            status = self._read(tid, "status")
+        except (ProcGone, ValueError):
+            return None
+        for line in status.splitlines():
+            if line.startswith("Tgid:"):
+                return int(line.split()[1]), comm
+        return None
+
     def pids(self) -> list[int]:
         return [int(n) for n in os.listdir(self.root) if n.isdigit()]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from contend.collect import bpftrace as bt
 from contend.collect.launch import launch
-from contend.collect.procfs import ProcFS, ProcGone
+from contend.collect.procfs import ProcFS
 from contend.errors import Terminated
 from contend.model import Overhead, ProcessEvent, TraceEvent, TraceResult
 from contend.monitors import cpu, io, process, syscalls
@@ -82,16 +82,8 @@ def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.
 
 
 def thread_owner(tid: int) -> tuple[int, str] | None:
-    """(pid, comm) of a live thread, from /proc/TID (the kernel resolves a TID there)."""
-    try:
-        st = ProcFS().stat(tid)
-        status = (ProcFS().root / str(tid) / "status").read_text()
-    except (ProcGone, OSError, ValueError):
-        return None
-    for line in status.splitlines():
-        if line.startswith("Tgid:"):
-            return int(line.split()[1]), st.comm
-    return None
+    """(pid, comm) of a live thread."""
+    return ProcFS().owner(tid)
 
 
 def _cgroup_pids(target: Target) -> list[int]:
