@@ -26,7 +26,16 @@ def lab_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("lab") / "lab.json"
     before = contend_cgroups()
     done = subprocess.run(
-        [*contend_command(), "lab", "--duration", "5", "--json", str(out)],
+        [
+            *contend_command(),
+            "lab",
+            "--duration",
+            "5",
+            "--arms",
+            "baseline,contention,unlimited",
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -40,7 +49,7 @@ def lab_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_lab_schema_and_config(lab_json: dict[str, Any]) -> None:
-    assert lab_json["schema"] == "contend.lab/1"
+    assert lab_json["schema"] == "contend.lab/2"
     cfg = lab_json["config"]
     assert cfg["cpus"] == 0.5
     assert cfg["memory_bytes"] == 512 << 20
@@ -49,7 +58,7 @@ def test_lab_schema_and_config(lab_json: dict[str, Any]) -> None:
     )
     # Calibrated to 40% of the quota: rate * cost = 0.2 CPU.
     assert cfg["rate_per_s"] * cfg["cost_per_request_ms"] / 1000 == pytest.approx(0.2, rel=1e-6)
-    assert [a["name"] for a in lab_json["arms"]] == ["baseline", "contention"]
+    assert [a["name"] for a in lab_json["arms"]] == ["baseline", "contention", "unlimited"]
     for arm in lab_json["arms"]:
         m = arm["metrics"]
         assert set(m["requests"]["latency_ms"]) >= {"p50", "p95", "p99"}
@@ -65,7 +74,7 @@ def test_lab_schema_and_config(lab_json: dict[str, Any]) -> None:
 
 
 def test_lab_baseline_is_calm_and_contention_is_contended(lab_json: dict[str, Any]) -> None:
-    base, cont = (a for a in lab_json["arms"])
+    base, cont, _ = (a for a in lab_json["arms"])
     assert base["verdict"]["contention"] is False
     assert cont["verdict"]["contention"] is True
     bm, cm = base["metrics"], cont["metrics"]
@@ -78,6 +87,29 @@ def test_lab_baseline_is_calm_and_contention_is_contended(lab_json: dict[str, An
     # Together they cannot exceed the 0.5-CPU quota (10% slack for sampling edges).
     assert sum(cm["cpu_cores"].values()) <= 0.55
     assert cm["throttled_period_ratio"] > 0.5
+
+
+def test_lab_diagnosis_names_the_right_cause(lab_json: dict[str, Any]) -> None:
+    """The quota arm is blamed on throttling, the unlimited arm on the noise, the baseline
+    on nothing; each breakdown covers its threads' wall time."""
+    arms = {a["name"]: a for a in lab_json["arms"]}
+    for arm in arms.values():
+        whole = arm["breakdown"][0]
+        assert whole["label"] == "app" and whole["source"].startswith("exact")
+        assert sum(s["pct"] for s in whole["shares"]) == pytest.approx(100.0, abs=0.01)
+        unaccounted = sum(s["pct"] for s in whole["shares"] if s["state"] == "unaccounted")
+        assert unaccounted < 1.0
+        # The app's threads mostly sleep waiting for requests: in futex or epoll_wait.
+        sleeping = {s["detail"]: s["pct"] for s in whole["shares"] if s["state"] == "sleeping"}
+        assert max(sleeping, key=lambda k: sleeping[k]) in ("futex", "epoll_wait")
+        assert arm["series"] and arm["latencies_ms"] and arm["histograms"]["run_queue_us"]
+    assert arms["baseline"]["verdict"]["causes"] == []
+    top = arms["contention"]["diagnosis"][0]
+    assert top["kind"] == "quota" and top["share_of_demand"] >= 0.4
+    assert "throttled by the 0.5-CPU quota" in arms["contention"]["verdict"]["causes"][0]
+    unlimited = arms["unlimited"]["diagnosis"]
+    assert unlimited[0]["kind"] == "neighbour" and unlimited[0]["who"].startswith("the noise")
+    assert all(c["kind"] != "quota" for c in unlimited)
 
 
 def test_lab_prints_verdicts(lab_json: dict[str, Any]) -> None:

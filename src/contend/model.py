@@ -6,14 +6,21 @@ only ever see those results (`LabResult`).
 
 JSON schemas, with their changelog:
 - ``contend.lab/1`` (0.1.0): first version; see README "Lab JSON".
+- ``contend.lab/2`` (0.2.0): each arm gains `breakdown` (where the target's time went),
+  `diagnosis` (ranked causes with their numbers), `series` (per-sample CPU, throttling
+  and PSI), `latencies_ms` (every request) and `histograms`; `unlimited` arms.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, TypeVar
 
-SCHEMA_LAB = "contend.lab/1"
+_T = TypeVar("_T")
+
+SCHEMA_LAB = "contend.lab/2"
 
 # Where a metric came from, said by every report (ARCHITECTURE.md: exact, sampled, unavailable).
 EXACT = "exact"
@@ -129,6 +136,8 @@ class ArmRecord:
     # The target's syscalls, when a tracer ran beside the sampling (exact counts, latency).
     syscalls: tuple[SyscallRow, ...] | None = None
     syscall_window_s: float | None = None
+    # Where the target's time went, from scheduler events (bpftrace), when traced.
+    sched_times: SchedTimes | None = None
 
     @property
     def duration_s(self) -> float:
@@ -196,11 +205,96 @@ class ArmMetrics:
 
 
 @dataclass(frozen=True, slots=True)
+class ThreadTime:
+    """One thread's time in the window, from scheduler events (monitors/breakdown.py)."""
+
+    pid: int
+    tid: int
+    comm: str
+    running_ns: int
+    runnable_ns: int
+    sleeping_ns: dict[str, int]  # syscall it slept in -> ns
+    wall_ns: int  # its part of the window (born or died inside it: less)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakdownOccupant:
+    """A task that held the CPU while target threads waited for it (tid 0: idle)."""
+
+    tid: int
+    comm: str
+    wait_ns: int  # target-thread waiting time charged to it
+    pid: int | None = None  # its process, when it could be found (tid 0: the idle task)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedTimes:
+    """The raw material of a time breakdown, traced over `window_ns`."""
+
+    window_ns: int
+    threads: tuple[ThreadTime, ...]
+    occupants: tuple[BreakdownOccupant, ...]
+    run_queue_us: tuple[HistBucket, ...] = ()  # every wait, log2 buckets
+    slice_us: tuple[HistBucket, ...] = ()  # every on-CPU slice, log2 buckets
+
+
+@dataclass(frozen=True, slots=True)
+class TimeShare:
+    """One part of a breakdown: state running | throttled | queued | wakeup | sleeping |
+    runnable (not split) | unaccounted; `detail` names whom it queued behind or the
+    syscall it slept in."""
+
+    state: str
+    detail: str
+    ns: int
+    pct: float  # of the threads' wall time
+
+
+@dataclass(frozen=True, slots=True)
+class Breakdown:
+    """Where the wall time of a set of threads went; the shares add up to 100%."""
+
+    label: str  # "app (pid 812)", "app"
+    threads: int
+    wall_ns: int
+    shares: tuple[TimeShare, ...]
+    source: str  # exact (scheduler events) | schedstat (runnable not split, no syscalls)
+
+    def total(self, state: str) -> int:
+        return sum(s.ns for s in self.shares if s.state == state)
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """One cause of waiting, ranked by `share_of_demand`: the part of the time the target
+    wanted a CPU (running + runnable) that this cause took."""
+
+    kind: str  # quota | neighbour | own-threads | wakeup | unsplit
+    who: str
+    ns: int
+    share_of_demand: float
+    share_of_wall: float
+    sentence: str
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    """One sampling interval of an arm, for plots over time."""
+
+    t_s: float  # end of the interval, from the start of the arm
+    cpu_cores: dict[str, float]  # role -> CPUs used in the interval
+    throttled_ms_per_s: float | None
+    psi_some_pct: float | None  # the sandbox's (else the system's) cpu some
+    psi_full_pct: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     contention: bool
     severity: str  # none | moderate | severe
     evidence: tuple[str, ...]
     causes: tuple[str, ...] = ()
+    ranked: tuple[Cause, ...] = ()  # from the time breakdown, when traced
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +302,11 @@ class ArmResult:
     name: str
     metrics: ArmMetrics
     verdict: Verdict
+    breakdown: tuple[Breakdown, ...] = ()  # the target as a whole first, then per process
+    series: tuple[SeriesPoint, ...] = ()
+    latencies_ms: tuple[float, ...] = ()  # every successful request, in order of start
+    run_queue_us: tuple[HistBucket, ...] = ()
+    slice_us: tuple[HistBucket, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,12 +367,93 @@ class LabResult:
                         "evidence": list(arm.verdict.evidence),
                         "causes": list(arm.verdict.causes),
                     },
+                    "diagnosis": [asdict(c) for c in arm.verdict.ranked],
+                    "breakdown": [asdict(b) for b in arm.breakdown],
+                    "series": [asdict(p) for p in arm.series],
+                    "latencies_ms": list(arm.latencies_ms),
+                    "histograms": {
+                        "run_queue_us": [asdict(b) for b in arm.run_queue_us],
+                        "slice_us": [asdict(b) for b in arm.slice_us],
+                    },
                 }
                 for arm in self.arms
             ],
             "reference": [asdict(r) for r in self.reference],
             "separating": [asdict(r) for r in self.separating],
         }
+
+
+class SchemaError(ValueError):
+    """A JSON document that is not what its schema says."""
+
+
+def _build(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], value) if len(inner) == 1 else value
+    if is_dataclass(tp) and isinstance(tp, type):
+        return from_dict(tp, value)
+    if origin is tuple:
+        item = args[0] if args else Any
+        return tuple(_build(item, v) for v in value)
+    if origin is dict:
+        return {k: _build(args[1], v) for k, v in value.items()}
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type[_T], data: Any) -> _T:
+    """A dataclass (nested ones, tuples, dicts and optionals included) from its asdict()
+    form; keys it does not know are ignored, so newer files still load."""
+    if not isinstance(data, dict):
+        raise SchemaError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            kwargs[f.name] = _build(hints[f.name], data[f.name])
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise SchemaError(f"{cls.__name__}: {e}") from e
+
+
+def lab_from_json_dict(d: dict[str, Any]) -> LabResult:
+    """The inverse of LabResult.to_json_dict (contend.lab/1 and /2)."""
+    schema = d.get("schema")
+    if schema not in ("contend.lab/1", SCHEMA_LAB):
+        raise SchemaError(f"not a contend lab result (schema {schema!r})")
+    arms = []
+    for a in d.get("arms", []):
+        metrics = dict(a["metrics"])
+        metrics["context_switches_per_s"] = {
+            k: v for k, v in metrics["context_switches_per_s"].items() if k != "total"
+        }
+        verdict = dict(a["verdict"], ranked=a.get("diagnosis", []))
+        hist = a.get("histograms", {})
+        arms.append(
+            ArmResult(
+                name=a["name"],
+                metrics=from_dict(ArmMetrics, metrics),
+                verdict=from_dict(Verdict, verdict),
+                breakdown=tuple(from_dict(Breakdown, b) for b in a.get("breakdown", [])),
+                series=tuple(from_dict(SeriesPoint, p) for p in a.get("series", [])),
+                latencies_ms=tuple(float(x) for x in a.get("latencies_ms", [])),
+                run_queue_us=tuple(from_dict(HistBucket, b) for b in hist.get("run_queue_us", [])),
+                slice_us=tuple(from_dict(HistBucket, b) for b in hist.get("slice_us", [])),
+            )
+        )
+    return LabResult(
+        config=from_dict(LabConfig, d["config"]),
+        arms=tuple(arms),
+        reference=tuple(from_dict(ReferenceRow, r) for r in d.get("reference", [])),
+        separating=tuple(from_dict(SeparatingRow, r) for r in d.get("separating", [])),
+    )
 
 
 def _metrics_dict(m: ArmMetrics) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from contend.model import (
     ProcessIO,
     RequestMetrics,
     RequestSample,
+    SeriesPoint,
     Snapshot,
     SwitchRates,
     SyscallRow,
@@ -286,3 +288,40 @@ def arm_metrics(arm: ArmRecord, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> ArmMe
         psi_cgroup_cpu_full_pct=psi_pct("psi_cgroup", "full_us"),
         sources=sources,
     )
+
+
+def series(arm: ArmRecord, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> tuple[SeriesPoint, ...]:
+    """Per sampling interval: CPUs used per role, throttled ms/s, CPU pressure (the
+    sandbox's when known, else the system's)."""
+    snaps = arm.snapshots
+    points = []
+    for prev, cur in itertools.pairwise(snaps):
+        dt_s = (cur.t_ns - prev.t_ns) / 1e9
+        if dt_s <= 0:
+            continue
+        cores: dict[str, float] = defaultdict(float)
+        for d in task_deltas((prev, cur), clock_ticks):
+            cores[arm.roles.get(d.pid, "other")] += d.cpu_ns / 1e9 / dt_s
+        throttled = None
+        if prev.cgroup_cpu is not None and cur.cgroup_cpu is not None:
+            throttled = (cur.cgroup_cpu.throttled_ns - prev.cgroup_cpu.throttled_ns) / 1e6 / dt_s
+        a, b = (
+            (prev.psi_cgroup, cur.psi_cgroup)
+            if prev.psi_cgroup is not None and cur.psi_cgroup is not None
+            else (prev.psi_system, cur.psi_system)
+        )
+        some = full = None
+        if a is not None and b is not None:
+            some = 100.0 * (b.some_us - a.some_us) / 1e6 / dt_s
+            if a.full_us is not None and b.full_us is not None:
+                full = 100.0 * (b.full_us - a.full_us) / 1e6 / dt_s
+        points.append(
+            SeriesPoint(
+                t_s=round((cur.t_ns - snaps[0].t_ns) / 1e9, 3),
+                cpu_cores={role: round(c, 4) for role, c in sorted(cores.items())},
+                throttled_ms_per_s=throttled,
+                psi_some_pct=some,
+                psi_full_pct=full,
+            )
+        )
+    return tuple(points)

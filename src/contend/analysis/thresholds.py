@@ -34,3 +34,12 @@ SEPARATION_POINTS = 20.0
 # A process counts in the fairness index when it used at least this share of the CPU the
 # sandbox used (so an idle gunicorn master does not read as "unfair").
 FAIRNESS_MIN_SHARE = 0.01
+
+# A cause of waiting is named when it took at least this share of the target's CPU demand
+# (running + runnable time).
+CAUSE_MIN_SHARE = 0.02
+
+# Time a runnable target spent with its CPU idle is charged to the quota when the group
+# was throttled in at least this share of CFS periods, and to wake-up latency otherwise
+# (measured: the lab's baseline throttles in 0-1% of periods, its quota arm in 100%).
+IDLE_WAIT_THROTTLING_PERIODS = 0.05

@@ -9,7 +9,7 @@ plain statement of whether each held.
 from __future__ import annotations
 
 from contend.analysis import thresholds as th
-from contend.model import ArmMetrics, ReferenceRow, SeparatingRow, Verdict
+from contend.model import ArmMetrics, Cause, ReferenceRow, SeparatingRow, Verdict
 
 
 def _fmt(value: float | None, spec: str = ".1f", unit: str = "") -> str:
@@ -22,7 +22,14 @@ def _fmt_time_us(us: float | None) -> str:
     return f"{us / 1000:.1f} ms" if us >= 1000 else f"{us:.0f} us"
 
 
-def verdict(m: ArmMetrics, target: str = "contend-app", cpu_limit: float | None = None) -> Verdict:
+def verdict(
+    m: ArmMetrics,
+    target: str = "contend-app",
+    cpu_limit: float | None = None,
+    ranked: tuple[Cause, ...] = (),
+) -> Verdict:
+    """`ranked`: the causes measured from the time breakdown; when given (and the target is
+    contended) they replace the causes inferred from throttling and CPU use."""
     evidence: list[str] = []
     causes: list[str] = []
     ratio = m.wait_to_run_ratio
@@ -82,7 +89,9 @@ def verdict(m: ArmMetrics, target: str = "contend-app", cpu_limit: float | None 
         )
     elif m.psi_cpu_some_pct is not None:
         evidence.append(f"System CPU pressure: some {m.psi_cpu_some_pct:.0f}% of the time.")
-    return Verdict(contended, severity, tuple(evidence), tuple(causes))
+    if ranked and contended:
+        causes = [c.sentence for c in ranked if c.kind not in ("wakeup", "unsplit")] or causes
+    return Verdict(contended, severity, tuple(evidence), tuple(causes), ranked)
 
 
 def reference_rows(base: ArmMetrics, cont: ArmMetrics) -> tuple[ReferenceRow, ...]:

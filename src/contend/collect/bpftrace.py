@@ -122,6 +122,7 @@ class Program:
     fragments: list[str] = field(default_factory=list)
     internal_maps: list[str] = field(default_factory=list)
     begin: list[str] = field(default_factory=list)
+    end: list[str] = field(default_factory=list)  # END-block text, before the clears
     # --interval: every interval_ms, print these maps, then the INTERVAL marker.
     interval_ms: int | None = None
     result_maps: list[str] = field(default_factory=list)
@@ -142,7 +143,7 @@ class Program:
             + self.predicate.probes
             + "".join(self.fragments)
             + periodic
-            + f"END {{ {clears} }}\n"
+            + f"END {{ {' '.join(self.end)} {clears} }}\n"
         )
 
 
@@ -201,6 +202,7 @@ class Bpftrace:
         self._reader: threading.Thread | None = None
         self._stderr: list[str] = []
         self.tracer_cpu_s: float | None = None
+        self.stop_ns: int | None = None  # CLOCK_MONOTONIC when stop() asked it to end
 
     def start(self) -> None:
         ok, why = available()
@@ -300,6 +302,7 @@ class Bpftrace:
             return self.output
         if proc.poll() is None:
             self.tracer_cpu_s = self._cpu_seconds()
+            self.stop_ns = time.monotonic_ns()
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout_s)

@@ -204,6 +204,22 @@ class ProcFS:
             ppid=st.ppid,
         )
 
+    def blocked_in(self, pid: int, tid: int) -> int | None:
+        """The syscall a sleeping thread is blocked in (-1: asleep outside any syscall),
+        or None when it is running or gone. /proc/PID/task/TID/syscall (needs ptrace
+        access, root here): "running", "-1 ...", or "NR args... sp pc"
+        (fs/proc/base.c proc_pid_syscall)."""
+        try:
+            first = self._read(pid, "task", tid, "syscall").split(maxsplit=1)
+        except (ProcGone, PermissionError):
+            return None
+        if not first or first[0] == "running":
+            return None
+        try:
+            return int(first[0])
+        except ValueError:
+            return None
+
     def tasks(self, pids: Iterable[int]) -> Iterator[TaskStat]:
         for pid in pids:
             for tid in self.tids(pid):

@@ -16,11 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Protocol
 
-from contend.analysis.metrics import arm_metrics
-from contend.analysis.verdict import reference_rows, separating_rows, verdict
+from contend.analysis.diagnosis import analyse_arm
+from contend.analysis.verdict import reference_rows, separating_rows
 from contend.collect import bpftrace as bt
 from contend.collect.procfs import ProcFS, ProcGone
 from contend.collect.sampler import Sampler
@@ -28,8 +28,8 @@ from contend.errors import ContendError
 from contend.lab import app as app_module
 from contend.lab import load
 from contend.lab.sandbox import Limits, Sandbox
-from contend.model import ArmRecord, ArmResult, LabConfig, LabResult, RequestSample
-from contend.monitors import TraceOptions, build_program, syscalls, thread_owner
+from contend.model import ArmRecord, LabConfig, LabResult, RequestSample, SchedTimes
+from contend.monitors import TraceOptions, breakdown, build_program, syscalls, thread_owner
 from contend.prctl import die_with_parent
 from contend.target import Target
 
@@ -235,6 +235,9 @@ class Lab:
             end = time.monotonic_ns()
             traced_s = time.monotonic() - traced_from if tracer is not None else None
             out = tracer.stop() if tracer is not None else None
+        times = breakdown.sched_times(out) if out is not None else None
+        if times is not None:
+            times = self._resolve_occupants(times)
         return ArmRecord(
             name=name,
             start_ns=start,
@@ -245,7 +248,17 @@ class Lab:
             cpu_limit=sb.limits.cpus if sb else None,
             syscalls=tuple(syscalls.rows(out, resolve=thread_owner)) if out is not None else None,
             syscall_window_s=traced_s,
+            sched_times=times,
         )
+
+    def _resolve_occupants(self, times: SchedTimes) -> SchedTimes:
+        """Name the process of each task that held a CPU while the app waited (now,
+        while the noise still runs)."""
+        occupants = []
+        for o in times.occupants:
+            owner = self.procfs.owner(o.tid) if o.tid else None
+            occupants.append(replace(o, pid=owner[0] if owner else (0 if o.tid == 0 else None)))
+        return replace(times, occupants=tuple(occupants))
 
     @property
     def use_bpftrace(self) -> bool:
@@ -264,7 +277,7 @@ class Lab:
         app_pids = tuple(sorted(pid for pid, role in self.roles.items() if role == "app"))
         if not app_pids:
             raise ContendError("the lab app has no running process to trace")
-        program = build_program(TraceOptions(("syscalls",), Target(pids=app_pids)))
+        program = build_program(TraceOptions(("syscalls", "breakdown"), Target(pids=app_pids)))
         return bt.Bpftrace(program)
 
     def run(self) -> LabResult:
@@ -294,12 +307,7 @@ class Lab:
 
         baseline = records[0]
         limit = baseline.cpu_limit
-        arms = []
-        for record in records:
-            metrics = arm_metrics(record)
-            arms.append(
-                ArmResult(record.name, metrics, verdict(metrics, cpu_limit=record.cpu_limit))
-            )
+        arms = [analyse_arm(record) for record in records]
         config = LabConfig(
             cpus=limit,
             memory_bytes=self.sandbox.limits.memory_bytes if self.sandbox else None,

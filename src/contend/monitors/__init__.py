@@ -20,7 +20,7 @@ from contend.collect.launch import launch
 from contend.collect.procfs import ProcFS
 from contend.errors import Terminated
 from contend.model import Overhead, ProcessEvent, TraceEvent, TraceResult
-from contend.monitors import cpu, io, process, syscalls
+from contend.monitors import breakdown, cpu, io, process, syscalls
 from contend.target import Target
 
 MONITORS = ("syscalls", "cpu", "process", "io")
@@ -70,6 +70,18 @@ def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.
         program.fragments.append(cpu.fragment(pred, events=opts.events))
         program.internal_maps.extend(cpu.INTERNAL_MAPS)
         program.result_maps.extend(cpu.RESULT_MAPS)
+    if "breakdown" in chosen:
+        # Threads asleep now: their sleep counts from the start, in the syscall they are in.
+        sleeping: dict[int, tuple[int, int]] = {}
+        for pid in list(target.pids) or list(initial_pids):
+            for tid in fs.tids(pid):
+                nr = fs.blocked_in(pid, tid)
+                if nr is not None:
+                    sleeping[tid] = (pid, nr)
+        program.begin.append(breakdown.seed(sleeping))
+        program.fragments.append(breakdown.fragment(pred))
+        program.internal_maps.extend(breakdown.INTERNAL_MAPS)
+        program.result_maps.extend(breakdown.RESULT_MAPS)
     if "process" in chosen:
         program.fragments.append(process.fragment(pred, count_syscalls="syscalls" not in chosen))
         if "syscalls" not in chosen:

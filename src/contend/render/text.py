@@ -91,8 +91,53 @@ def lab_renderable(result: LabResult) -> Group:
         for sentence in v.evidence:
             parts.append(Text(f"  - {sentence}"))
         if v.causes:
-            parts.append(Text("  cause: " + "; ".join(v.causes)))
+            parts.append(Text("  causes, ranked:"))
+            for cause in v.causes:
+                parts.append(Text(f"    {cause}"))
+    if any(arm.breakdown for arm in result.arms):
+        parts.append(breakdown_table(result))
     return Group(*parts)
+
+
+def _share_label(state: str, detail: str) -> str:
+    if state == "sleeping":
+        return f"sleeping in {detail}" if detail and not detail.startswith("(") else "sleeping"
+    return f"{state} {detail}".strip()
+
+
+def breakdown_table(result: LabResult, rows_per_arm: int = 6) -> Table:
+    """Where the app's threads' wall time went, per arm: the largest parts, the rest summed."""
+    arms = [a for a in result.arms if a.breakdown]
+    table = Table(title="Where the app's time went (share of its threads' wall time)")
+    table.add_column("State")
+    for arm in arms:
+        table.add_column(arm.name, justify="right")
+    labels: dict[str, float] = {}
+    for arm in arms:
+        for share in arm.breakdown[0].shares:
+            key = _share_label(share.state, share.detail)
+            labels[key] = max(labels.get(key, 0.0), share.pct)
+    top = sorted(labels, key=lambda k: -labels[k])[: rows_per_arm * 2]
+    order = [k for k in labels if k in top]
+    for key in order:
+        cells = []
+        for arm in arms:
+            pct = sum(
+                s.pct for s in arm.breakdown[0].shares if _share_label(s.state, s.detail) == key
+            )
+            cells.append(f"{pct:.1f}%" if pct else "-")
+        table.add_row(key, *cells)
+    rest = []
+    for arm in arms:
+        shown = sum(
+            s.pct for s in arm.breakdown[0].shares if _share_label(s.state, s.detail) in order
+        )
+        rest.append(f"{100.0 - shown:.1f}%")
+    table.add_row("everything else", *rest)
+    table.caption = "; ".join(
+        f"{arm.name}: {arm.breakdown[0].threads} threads, {arm.breakdown[0].source}" for arm in arms
+    )
+    return table
 
 
 def render_lab(result: LabResult, width: int = 120) -> str:
