@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the project uses when present (bpftrace: the eBPF backend).
-DEB_PACKAGES := bpftrace
+# Debian packages the project uses when present (bpftrace: the eBPF backend; chromium:
+# the tests open the HTML report in it).
+DEB_PACKAGES := bpftrace chromium
 
 .PHONY: install lab test lint typecheck pytest clean deb
 

@@ -8,7 +8,8 @@ JSON schemas, with their changelog:
 - ``contend.lab/1`` (0.1.0): first version; see README "Lab JSON".
 - ``contend.lab/2`` (0.2.0): each arm gains `breakdown` (where the target's time went),
   `diagnosis` (ranked causes with their numbers), `series` (per-sample CPU, throttling
-  and PSI), `latencies_ms` (every request) and `histograms`; `unlimited` arms.
+  and PSI), `latencies_ms` (every request) and `histograms`; `unlimited` arms; the
+  result gains `comparisons` (baseline vs each other arm: effect sizes, tests).
 """
 
 from __future__ import annotations
@@ -332,6 +333,43 @@ class SeparatingRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DistributionTest:
+    """Mann-Whitney U and Cliff's delta of one distribution, A vs B (analysis/compare.py)."""
+
+    name: str
+    unit: str
+    n_a: int
+    n_b: int
+    median_a: float | None
+    median_b: float | None
+    p95_a: float | None
+    p95_b: float | None
+    median_ratio: float | None  # B / A
+    cliffs_delta: float | None  # P(B > A) - P(B < A)
+    effect: str  # negligible | small | medium | large | n/a
+    p_value: float | None
+    significant: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDelta:
+    metric: str
+    unit: str
+    a: float | None
+    b: float | None
+    ratio: float | None  # b / a
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    a: str
+    b: str
+    tests: tuple[DistributionTest, ...]
+    metrics: tuple[MetricDelta, ...]
+    conclusion: str
+
+
+@dataclass(frozen=True, slots=True)
 class LabConfig:
     cpus: float | None
     memory_bytes: int | None
@@ -351,6 +389,7 @@ class LabResult:
     arms: tuple[ArmResult, ...]
     reference: tuple[ReferenceRow, ...]
     separating: tuple[SeparatingRow, ...]
+    comparisons: tuple[Comparison, ...] = ()  # baseline vs each other arm
     schema: str = SCHEMA_LAB
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -380,6 +419,7 @@ class LabResult:
             ],
             "reference": [asdict(r) for r in self.reference],
             "separating": [asdict(r) for r in self.separating],
+            "comparisons": [asdict(c) for c in self.comparisons],
         }
 
 
@@ -453,6 +493,7 @@ def lab_from_json_dict(d: dict[str, Any]) -> LabResult:
         arms=tuple(arms),
         reference=tuple(from_dict(ReferenceRow, r) for r in d.get("reference", [])),
         separating=tuple(from_dict(SeparatingRow, r) for r in d.get("separating", [])),
+        comparisons=tuple(from_dict(Comparison, c) for c in d.get("comparisons", [])),
     )
 
 

@@ -112,7 +112,7 @@ def _breakdown(
     for t in threads:
         for syscall, ns in t.sleeping_ns.items():
             parts.append((SLEEPING, syscall, ns))
-            slept += ns
+            slept += max(ns, 0)
     parts.append((UNACCOUNTED, "", max(wall - running - runnable - slept, 0)))
     total = max(wall, running + runnable + slept)
     return Breakdown(label, len(threads), total, _shares(parts, total), SOURCE_EVENTS)

@@ -13,6 +13,7 @@ from contend.errors import UsageError
 from contend.lab.app import DEFAULT_N, MAX_N
 from contend.lab.experiment import ARMS, LabOptions, run_lab
 from contend.model import RequestSample
+from contend.render import html as render_html
 from contend.render import json as render_json
 from contend.render import text as render_text
 from contend.target import parse_cpus, parse_duration, parse_memory, parse_positive_int
@@ -80,7 +81,13 @@ class RichProgress:
     "--json",
     "json_path",
     type=click.Path(dir_okay=False),
-    help="Write the whole result as JSON (contend.lab/1).",
+    help="Write the whole result as JSON (contend.lab/2).",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False),
+    help="Write a self-contained HTML report (verdict, causes, plots).",
 )
 def command(
     cpus: str,
@@ -94,6 +101,7 @@ def command(
     backend: str,
     no_sandbox: bool,
     json_path: str | None,
+    html_path: str | None,
 ) -> int:
     """Start the app and noise in a CPU-limited sandbox, load it, and say whether it is contended."""
     options = LabOptions(
@@ -112,6 +120,8 @@ def command(
         parent = Path(json_path).resolve().parent
         if not parent.is_dir():
             raise UsageError(f"--json: directory {parent} does not exist")
+    if html_path is not None:
+        render_html.check_path(html_path)
     stderr = Console(stderr=True)
     with Progress(
         TextColumn("{task.description:<28}"),
@@ -125,6 +135,8 @@ def command(
     stdout_console().print(render_text.lab_renderable(result))
     if json_path is not None:
         Path(json_path).write_text(render_json.render_lab(result))
+    if html_path is not None:
+        Path(html_path).write_text(render_html.render([result]))
     return 0
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import IO, Protocol
 
+from contend.analysis.compare import compare_arms
 from contend.analysis.diagnosis import analyse_arm
 from contend.analysis.verdict import reference_rows, separating_rows
 from contend.collect import bpftrace as bt
@@ -93,7 +95,8 @@ class Lab:
         self.sandbox: Sandbox | None = None
         self.app: subprocess.Popen[bytes] | None = None
         self.noise: subprocess.Popen[bytes] | None = None
-        self.roles: dict[int, str] = {}
+        # This process drives the load and samples: name it when the app waits behind it.
+        self.roles: dict[int, str] = {os.getpid(): "load generator"}
         self._logs: list[IO[bytes]] = []
 
     # --- processes ------------------------------------------------------------------------
@@ -325,6 +328,7 @@ class Lab:
             arms=tuple(arms),
             reference=reference_rows(arms[0].metrics, arms[1].metrics),
             separating=separating_rows(arms[0].metrics, arms[1].metrics),
+            comparisons=tuple(compare_arms(arms[0], other) for other in arms[1:]),
         )
 
     def close(self) -> None:

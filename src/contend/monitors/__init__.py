@@ -72,13 +72,17 @@ def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.
         program.result_maps.extend(cpu.RESULT_MAPS)
     if "breakdown" in chosen:
         # Threads asleep now: their sleep counts from the start, in the syscall they are in.
+        # Threads running or runnable now: their first event says which.
         sleeping: dict[int, tuple[int, int]] = {}
+        awake: dict[int, int] = {}
         for pid in list(target.pids) or list(initial_pids):
             for tid in fs.tids(pid):
                 nr = fs.blocked_in(pid, tid)
                 if nr is not None:
                     sleeping[tid] = (pid, nr)
-        program.begin.append(breakdown.seed(sleeping))
+                else:
+                    awake[tid] = pid
+        program.begin.append(breakdown.seed(sleeping, awake))
         program.fragments.append(breakdown.fragment(pred))
         program.internal_maps.extend(breakdown.INTERNAL_MAPS)
         program.result_maps.extend(breakdown.RESULT_MAPS)

@@ -51,16 +51,28 @@ def _start_wait(tid: str, cpu: str, now: str) -> str:
     )
 
 
-BEGIN = "@bd_begin = nsecs; "
+# Maps a probe reads must be defined even when no thread is seeded into them.
+BEGIN = "@bd_begin = nsecs; @contend_bd_r[0] = 0; delete(@contend_bd_r[0]); "
 
 
-def seed(sleeping: dict[int, tuple[int, int]]) -> str:
-    """BEGIN text for threads already asleep at the start: tid -> (tgid, syscall nr or
-    -1), integers only. Their sleep counts from the start of the trace."""
-    return BEGIN + "".join(
-        f"@contend_bd_tgid[{int(t)}] = {int(p)}; @contend_bd_off[{int(t)}] = nsecs; "
-        f"@contend_bd_offsys[{int(t)}] = {int(nr) + 2}; "
-        for t, (p, nr) in sorted(sleeping.items())
+def seed(sleeping: dict[int, tuple[int, int]], awake: dict[int, int] | None = None) -> str:
+    """BEGIN text, integers only, for the target's threads at the start.
+
+    `sleeping`: tid -> (tgid, syscall nr or -1): their sleep counts from the start.
+    `awake`: tid -> tgid of threads running or runnable then (which of the two is not
+    known from /proc): their first event tells. A switch-out means it ran since the start;
+    a switch-in means it waited since the start."""
+    return (
+        BEGIN
+        + "".join(
+            f"@contend_bd_tgid[{int(t)}] = {int(p)}; @contend_bd_off[{int(t)}] = nsecs; "
+            f"@contend_bd_offsys[{int(t)}] = {int(nr) + 2}; "
+            for t, (p, nr) in sorted(sleeping.items())
+        )
+        + "".join(
+            f"@contend_bd_tgid[{int(t)}] = {int(p)}; @contend_bd_r[{int(t)}] = 1; "
+            for t, p in sorted((awake or {}).items())
+        )
     )
 
 
@@ -89,6 +101,9 @@ def fragment(pred: Predicate) -> str:
         "      @contend_bd_nwait[$pw - 1] = @contend_bd_nwait[$pw - 1] - 1;\n"
         "      delete(@contend_bd_wsince[tid]); delete(@contend_bd_wcpu[tid]); @bd_stale = count();\n"
         "    }\n"
+        "    if (@contend_bd_r[tid]) {\n"
+        "      @bd_run[pid, tid, comm] = sum($now - @bd_begin); delete(@contend_bd_r[tid]);\n"
+        "    }\n"
         "    $on = @contend_bd_on[tid];\n"
         "    if ($on) {\n"
         "      @bd_run[pid, tid, comm] = sum($now - $on); @bd_slice_us = hist(($now - $on) / 1000);\n"
@@ -107,6 +122,9 @@ def fragment(pred: Predicate) -> str:
         "  $nt = args->next_pid;\n"
         "  $np = @contend_bd_tgid[$nt];\n"
         "  if ($np) {\n"
+        "    if (@contend_bd_r[$nt]) {\n"
+        "      @bd_wait[$np, $nt] = sum($now - @bd_begin); delete(@contend_bd_r[$nt]);\n"
+        "    }\n"
         "    @contend_bd_on[$nt] = $now;\n"
         "    $ws = @contend_bd_wsince[$nt];\n"
         "    if ($ws) {\n"
@@ -120,7 +138,7 @@ def fragment(pred: Predicate) -> str:
         "tracepoint:sched:sched_wakeup,tracepoint:sched:sched_wakeup_new {\n"
         "  $t = args->pid; $np = @contend_bd_tgid[$t];\n"
         "  if ($np && !@contend_bd_on[$t] && !@contend_bd_wsince[$t]) {\n"
-        "    $now = nsecs; $c = args->target_cpu;\n"
+        "    $now = nsecs; $c = args->target_cpu; delete(@contend_bd_r[$t]);\n"
         "    $off = @contend_bd_off[$t];\n"
         "    if ($off) {\n"
         "      @bd_sleep[$np, $t, @contend_bd_offsys[$t] - 2] = sum($now - $off);\n"
@@ -142,7 +160,7 @@ def fragment(pred: Predicate) -> str:
 
 
 INTERNAL_MAPS = (
-    "@contend_bd_sys", "@contend_bd_wcpu", "@contend_bd_nwait", "@contend_bd_cur", "@contend_bd_curcomm",
+    "@contend_bd_sys", "@contend_bd_wcpu", "@contend_bd_r", "@contend_bd_nwait", "@contend_bd_cur", "@contend_bd_curcomm",
     "@contend_bd_flush",
 )  # fmt: skip
 # The sleeps still going at the end are printed too: they are finished by the reader.

@@ -4,12 +4,13 @@ that really separate the arms, then a verdict per arm with its evidence."""
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from contend.model import LabResult
+from contend.model import Comparison, LabResult
 
 
 def _num(value: float | None, unit: str) -> str:
@@ -68,7 +69,7 @@ def lab_renderable(result: LabResult) -> Group:
             Text("yes", style="bold") if srow.separates else "no",
         )
 
-    parts: list[Text | Table] = [header, ref, sep]
+    parts: list[Text | Table | Group] = [header, ref, sep]
     for arm in result.arms:
         m = arm.metrics
         v = arm.verdict
@@ -96,7 +97,60 @@ def lab_renderable(result: LabResult) -> Group:
                 parts.append(Text(f"    {cause}"))
     if any(arm.breakdown for arm in result.arms):
         parts.append(breakdown_table(result))
+    for comparison in result.comparisons:
+        parts.append(comparison_renderable(comparison))
     return Group(*parts)
+
+
+def _val(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit in ("ms", "us"):
+        return _num(value, unit)
+    if unit == "%":
+        return f"{value:.0f}%"
+    return f"{value:.3g} {unit}".strip()
+
+
+def comparison_renderable(c: Comparison) -> Group:
+    """A vs B: the distributions with effect size and test, the headline metrics, the
+    conclusion."""
+    table = Table(title=f"{c.a} vs {c.b}")
+    table.add_column("Distribution")
+    table.add_column(f"{c.a}: median / p95", justify="right")
+    table.add_column(f"{c.b}: median / p95", justify="right")
+    table.add_column("x median", justify="right")
+    table.add_column("Cliff's delta", justify="right")
+    table.add_column("Mann-Whitney", justify="right")
+    for t in c.tests:
+        table.add_row(
+            f"{t.name} (n {t.n_a} / {t.n_b})",
+            f"{_val(t.median_a, t.unit)} / {_val(t.p95_a, t.unit)}",
+            f"{_val(t.median_b, t.unit)} / {_val(t.p95_b, t.unit)}",
+            f"{t.median_ratio:.2g}" if t.median_ratio is not None else "n/a",
+            f"{t.cliffs_delta:+.2f} {t.effect}" if t.cliffs_delta is not None else "n/a",
+            ("p < 0.001" if t.p_value < 0.001 else f"p = {t.p_value:.3f}")
+            if t.p_value is not None
+            else "n/a",
+        )
+    for m in c.metrics:
+        table.add_row(
+            m.metric,
+            _val(m.a, m.unit),
+            _val(m.b, m.unit),
+            f"{m.ratio:.2g}" if m.ratio is not None else "",
+            "",
+            "",
+        )
+    return Group(table, Text(c.conclusion, style="bold"))
+
+
+def render_comparisons(comparisons: Sequence[Comparison], width: int = 120) -> str:
+    out = io.StringIO()
+    console = Console(file=out, width=width, color_system=None)
+    for c in comparisons:
+        console.print(comparison_renderable(c))
+    return out.getvalue()
 
 
 def _share_label(state: str, detail: str) -> str:

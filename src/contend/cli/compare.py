@@ -1,0 +1,95 @@
+"""contend compare: two lab results (or the arms of one) side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from contend.analysis.compare import compare_arms
+from contend.cli.console import stdout_console
+from contend.errors import UsageError
+from contend.model import Comparison, LabResult, SchemaError, lab_from_json_dict
+from contend.render import html as render_html
+from contend.render import text as render_text
+
+
+def load_lab(path: str) -> LabResult:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not a contend result")
+    try:
+        return lab_from_json_dict(data)
+    except (SchemaError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path}: {e}") from None
+
+
+def comparisons(
+    a: LabResult, b: LabResult | None, arm: str | None, names: tuple[str, str]
+) -> list[Comparison]:
+    if b is None:
+        arms = list(a.arms)
+        if len(arms) < 2:
+            raise UsageError(f"{names[0]}: one arm only; give a second result to compare with")
+        chosen = [x for x in arms[1:] if arm is None or x.name == arm]
+        if not chosen:
+            raise UsageError(f"--arm: no arm {arm!r} in {names[0]}")
+        return [compare_arms(arms[0], x) for x in chosen]
+    common = [x.name for x in a.arms if any(y.name == x.name for y in b.arms)]
+    if arm is not None:
+        if arm not in common:
+            raise UsageError(f"--arm: {arm!r} is not in both results")
+        common = [arm]
+    if not common:
+        raise UsageError("the two results have no arm in common")
+    out = []
+    for name in common:
+        xa = next(x for x in a.arms if x.name == name)
+        xb = next(x for x in b.arms if x.name == name)
+        out.append(compare_arms(xa, xb, f"{name} ({names[0]})", f"{name} ({names[1]})"))
+    return out
+
+
+@click.command("compare")
+@click.argument("a", type=click.Path(dir_okay=False))
+@click.argument("b", type=click.Path(dir_okay=False), required=False)
+@click.option("--arm", help="Compare only this arm.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--html", "html_path", type=click.Path(dir_okay=False), help="Also write an HTML report."
+)
+def command(a: str, b: str | None, arm: str | None, fmt: str, html_path: str | None) -> int:
+    """Compare two lab results (`contend lab --json`), arm by arm; or, given one, its
+    baseline with each other arm. Effect sizes, Mann-Whitney tests, one conclusion."""
+    first = load_lab(a)
+    second = load_lab(b) if b is not None else None
+    names = (Path(a).name, Path(b).name if b else "")
+    found = comparisons(first, second, arm, names)
+    if html_path is not None:
+        render_html.check_path(html_path)
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "schema": "contend.compare/1",
+                    "comparisons": [render_html.asdict_comparison(c) for c in found],
+                },
+                indent=2,
+            )
+        )
+    else:
+        stdout_console().print(*(render_text.comparison_renderable(c) for c in found))
+    if html_path is not None:
+        results = [first] if second is None else [first, second]
+        Path(html_path).write_text(render_html.render(results, found, title="contend compare"))
+    return 0

@@ -1,0 +1,383 @@
+"""The HTML report: one self-contained file (inline CSS and SVG, no script, no CDN) that a
+person who never saw contend can read in a minute.
+
+Order: the verdict and its ranked causes first, then where the time went, then the plots
+(CPU share, throttling and PSI over time; run-queue wait and slice histograms overlaid;
+request latency distribution), the comparison tests, and the original document's table
+with measured values. Every number shown that the JSON also holds carries `data-key`
+(its path in the JSON) and `data-value` (the raw number), so tests can check the page
+against the JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from contend import __version__
+from contend.errors import UsageError
+from contend.model import ArmResult, Breakdown, Comparison, LabResult
+from contend.render import svg
+
+ARM_COLORS = {"baseline": "#2a9d3a", "contention": "#d62728", "unlimited": "#ff7f0e"}
+ROLE_COLORS = {"app": "#1f77b4", "noise": "#d62728", "other": "#8c8c8c"}
+STATE_COLORS = {
+    "running": "#2a9d3a",
+    "throttled": "#d62728",
+    "wakeup": "#9467bd",
+    "runnable": "#e377c2",
+    "unaccounted": "#dddddd",
+}
+QUEUED_COLORS = ("#ff7f0e", "#ffbb78", "#c49c94", "#8c564b")
+SLEEP_COLORS = ("#9ecae1", "#c6dbef", "#bdbdbd", "#d9d9d9")
+EXTRA_COLORS = ("#17becf", "#bcbd22", "#7f7f7f", "#e7969c")
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1180px;
+color:#222;line-height:1.45;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+.sub{color:#555}.verdict{border-radius:6px;padding:.6em 1em;margin:.6em 0}
+.yes{background:#fdecea;border-left:6px solid #d62728}.no{background:#eaf6ec;border-left:6px solid #2a9d3a}
+.verdict h3{margin:.1em 0}.verdict ol{margin:.3em 0}.evidence{color:#444;font-size:.92em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f5f5f5}
+td:first-child,th:first-child{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:12px}
+.holds{color:#2a9d3a}.fails{color:#d62728}.conclusion{font-weight:600}
+figure{margin:.4em 0}figcaption{font-size:.85em;color:#555;max-width:560px}
+footer{margin-top:3em;color:#777;font-size:.85em}
+"""
+
+
+def check_path(path: str) -> None:
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"--html: directory {parent} does not exist")
+
+
+def asdict_comparison(c: Comparison) -> dict[str, Any]:
+    return asdict(c)
+
+
+def _num(value: float | None, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+
+def _span(key: str, value: float | None, spec: str, unit: str = "") -> str:
+    raw = "" if value is None else repr(float(value))
+    return f'<span data-key="{escape(key)}" data-value="{raw}">{escape(_num(value, spec, unit))}</span>'
+
+
+def _arm_color(name: str, i: int) -> str:
+    return ARM_COLORS.get(name, EXTRA_COLORS[i % len(EXTRA_COLORS)])
+
+
+# --- sections -----------------------------------------------------------------------------
+
+
+def _verdicts(arms: Sequence[ArmResult], prefix: str) -> str:
+    out = []
+    for i, arm in enumerate(arms):
+        v, m = arm.verdict, arm.metrics
+        key = f"{prefix}arms[{i}]"
+        cls = "yes" if v.contention else "no"
+        head = f"CONTENTION, {v.severity}" if v.contention else "no contention"
+        lat = m.requests.latency_ms
+        out.append(f'<div class="verdict {cls}"><h3>{escape(arm.name)}: {escape(head)}</h3>')
+        out.append(
+            "<p>wait/run "
+            + _span(f"{key}.metrics.wait_to_run_ratio", m.wait_to_run_ratio, ".2f")
+            + " &middot; p50 "
+            + _span(f"{key}.metrics.requests.latency_ms.p50", lat.p50, ".0f", " ms")
+            + " &middot; p95 "
+            + _span(f"{key}.metrics.requests.latency_ms.p95", lat.p95, ".0f", " ms")
+            + " &middot; throttled periods "
+            + _span(
+                f"{key}.metrics.throttled_period_ratio",
+                m.throttled_period_ratio,
+                ".0%",
+            )
+            + " &middot; sandbox PSI full "
+            + _span(f"{key}.metrics.psi_cgroup_cpu_full_pct", m.psi_cgroup_cpu_full_pct, ".0f", "%")
+            + "</p>"
+        )
+        if v.contention and v.causes:
+            out.append("<p>Why, ranked:</p><ol>")
+            out += [f"<li>{escape(c)}</li>" for c in v.causes]
+            out.append("</ol>")
+        out.append('<ul class="evidence">')
+        out += [f"<li>{escape(e)}</li>" for e in v.evidence]
+        out.append("</ul></div>")
+    return "".join(out)
+
+
+def _segments(b: Breakdown) -> list[tuple[str, float, str]]:
+    """A breakdown as bar segments: states in order, the largest queued-behind and
+    sleeping parts named, the rest of each summed."""
+    segs: list[tuple[str, float, str]] = []
+    queued = sorted((s for s in b.shares if s.state == "queued"), key=lambda s: -s.pct)
+    sleeping = sorted((s for s in b.shares if s.state == "sleeping"), key=lambda s: -s.pct)
+    for state in ("running", "throttled", "wakeup", "runnable"):
+        pct = sum(s.pct for s in b.shares if s.state == state)
+        if pct:
+            label = {"throttled": "throttled (quota)", "wakeup": "wake-up latency"}.get(
+                state, state
+            )
+            segs.append((label, pct, STATE_COLORS[state]))
+    for i, s in enumerate(queued[:3]):
+        segs.append((f"queued {s.detail}", s.pct, QUEUED_COLORS[i]))
+    if queued[3:]:
+        segs.append(("queued behind others", sum(s.pct for s in queued[3:]), QUEUED_COLORS[3]))
+    for i, s in enumerate(sleeping[:3]):
+        segs.append((f"sleeping in {s.detail}" if s.detail else "sleeping", s.pct, SLEEP_COLORS[i]))
+    if sleeping[3:]:
+        segs.append(("sleeping, other", sum(s.pct for s in sleeping[3:]), SLEEP_COLORS[3]))
+    rest = sum(s.pct for s in b.shares if s.state == "unaccounted")
+    if rest:
+        segs.append(("unaccounted", rest, STATE_COLORS["unaccounted"]))
+    return segs
+
+
+def _breakdown_section(arms: Sequence[ArmResult], prefix: str) -> str:
+    rows = [(arm.name, _segments(arm.breakdown[0])) for arm in arms if arm.breakdown]
+    if not rows:
+        return ""
+    # The same bars over the time the app wanted a CPU (running + runnable) only.
+    demand_rows = []
+    for name, segs in rows:
+        want = [(label, pct, color) for label, pct, color in segs
+                if not label.startswith("sleeping") and label != "unaccounted"]  # fmt: skip
+        total = sum(p for _, p, _ in want)
+        if total > 0:
+            demand_rows.append((name, [(label, 100.0 * p / total, c) for label, p, c in want]))
+    table = ["<table><tr><th>state</th>"]
+    table += [f"<th>{escape(arm.name)}</th>" for arm in arms if arm.breakdown]
+    table.append("</tr>")
+    labels: list[str] = []
+    for arm in arms:
+        for s in arm.breakdown[0].shares if arm.breakdown else ():
+            label = f"{s.state} {s.detail}".strip()
+            if label not in labels and s.pct >= 0.5:
+                labels.append(label)
+    for label in labels:
+        table.append(f"<tr><td>{escape(label)}</td>")
+        for i, arm in enumerate(arms):
+            if not arm.breakdown:
+                continue
+            idx = next(
+                (j for j, s in enumerate(arm.breakdown[0].shares)
+                 if f"{s.state} {s.detail}".strip() == label),
+                None,
+            )  # fmt: skip
+            if idx is None:
+                table.append("<td>-</td>")
+            else:
+                pct = arm.breakdown[0].shares[idx].pct
+                table.append(
+                    "<td>"
+                    + _span(f"{prefix}arms[{i}].breakdown[0].shares[{idx}].pct", pct, ".1f", "%")
+                    + "</td>"
+                )
+        table.append("</tr>")
+    table.append("</table>")
+    source = "; ".join(
+        f"{arm.name}: {arm.breakdown[0].threads} threads, {arm.breakdown[0].source}"
+        for arm in arms
+        if arm.breakdown
+    )
+    return (
+        "<h2>Where the app's time went</h2>"
+        "<p>Every thread of the app is running, waiting for a CPU (runnable) or sleeping. "
+        "While it waits, somebody else holds the CPU: the idle CPU of a throttled group "
+        "(the quota), another process (named), or the app's own threads.</p>"
+        + svg.stacked_bars("Share of the app threads' wall time", rows)
+        + (
+            svg.stacked_bars("Share of the time the app wanted a CPU", demand_rows)
+            if demand_rows
+            else ""
+        )
+        + "".join(table)
+        + f'<p class="sub">{escape(source)}</p>'
+    )
+
+
+def _time_plots(arms: Sequence[ArmResult]) -> str:
+    figs = []
+    for arm in arms:
+        if not arm.series:
+            continue
+        roles = sorted({r for p in arm.series for r in p.cpu_cores})
+        lines = [
+            svg.Line(role, ROLE_COLORS.get(role, "#8c8c8c"),
+                     [(p.t_s, 100.0 * p.cpu_cores.get(role, 0.0)) for p in arm.series])
+            for role in roles
+        ]  # fmt: skip
+        figs.append(
+            "<figure>"
+            + svg.line_chart(
+                f"{arm.name}: CPU use per process role", lines, "seconds", "% of one CPU"
+            )
+            + "</figure>"
+        )
+        pressure = []
+        if any(p.throttled_ms_per_s is not None for p in arm.series):
+            pressure.append(svg.Line("throttled ms/s (÷10)", "#d62728",
+                                     [(p.t_s, (p.throttled_ms_per_s or 0.0) / 10) for p in arm.series]))  # fmt: skip
+        if any(p.psi_some_pct is not None for p in arm.series):
+            pressure.append(
+                svg.Line(
+                    "PSI some %", "#9467bd", [(p.t_s, p.psi_some_pct or 0.0) for p in arm.series]
+                )
+            )
+        if any(p.psi_full_pct is not None for p in arm.series):
+            pressure.append(
+                svg.Line(
+                    "PSI full %",
+                    "#1f77b4",
+                    [(p.t_s, p.psi_full_pct or 0.0) for p in arm.series],
+                    dashed=True,
+                )
+            )
+        if pressure:
+            figs.append(
+                "<figure>"
+                + svg.line_chart(
+                    f"{arm.name}: throttling and CPU pressure", pressure, "seconds", "%", y_max=100
+                )
+                + "</figure>"
+            )
+    if not figs:
+        return ""
+    return (
+        '<h2>Over time</h2><div class="grid">' + "".join(figs) + "</div>"
+        '<p class="sub">Throttled time is summed over CPUs (cgroup v1), shown divided by 10 so '
+        "that 1000 ms/s reads 100. PSI: the sandbox's cpu.pressure when known, else the system's.</p>"
+    )
+
+
+def _distribution_plots(arms: Sequence[ArmResult]) -> str:
+    figs = []
+    rq = [svg.Line(a.name, _arm_color(a.name, i), svg.log2_steps([(b.low, b.high, b.count) for b in a.run_queue_us]))
+          for i, a in enumerate(arms) if a.run_queue_us]  # fmt: skip
+    if rq:
+        figs.append("<figure>" + svg.line_chart("Run-queue wait of the app (each wait)", rq, "microseconds (log)", "% of waits", log_x=True)
+                    + "<figcaption>How long each wakeup or preemption of an app thread waited for a CPU.</figcaption></figure>")  # fmt: skip
+    sl = [svg.Line(a.name, _arm_color(a.name, i), svg.log2_steps([(b.low, b.high, b.count) for b in a.slice_us]))
+          for i, a in enumerate(arms) if a.slice_us]  # fmt: skip
+    if sl:
+        figs.append("<figure>" + svg.line_chart("On-CPU slice length of the app", sl, "microseconds (log)", "% of slices", log_x=True)
+                    + "<figcaption>How long the app ran each time it got a CPU.</figcaption></figure>")  # fmt: skip
+    cdf = []
+    for i, a in enumerate(arms):
+        values = sorted(a.latencies_ms)
+        if values:
+            n = len(values)
+            cdf.append(
+                svg.Line(
+                    a.name,
+                    _arm_color(a.name, i),
+                    [(v, 100.0 * (k + 1) / n) for k, v in enumerate(values)],
+                )
+            )
+    if cdf:
+        figs.append("<figure>" + svg.line_chart("Request latency (cumulative)", cdf, "milliseconds (log)", "% of requests", y_max=100, log_x=True)
+                    + "<figcaption>Measured from each request's intended start (open loop), so queueing counts.</figcaption></figure>")  # fmt: skip
+    if not figs:
+        return ""
+    return '<h2>Distributions</h2><div class="grid">' + "".join(figs) + "</div>"
+
+
+def _comparisons(comparisons: Sequence[Comparison], key: str) -> str:
+    if not comparisons:
+        return ""
+    out = ["<h2>Comparisons</h2>"]
+    for ci, c in enumerate(comparisons):
+        out.append(f"<h3>{escape(c.a)} vs {escape(c.b)}</h3><table><tr><th>distribution</th>"
+                   f"<th>{escape(c.a)} median / p95</th><th>{escape(c.b)} median / p95</th>"
+                   "<th>&times; median</th><th>Cliff's delta</th><th>Mann-Whitney p</th></tr>")  # fmt: skip
+        for ti, t in enumerate(c.tests):
+            k = f"{key}[{ci}].tests[{ti}]"
+            out.append(
+                f"<tr><td>{escape(t.name)} ({t.unit}, n {t.n_a} / {t.n_b})</td>"
+                f"<td>{_span(k + '.median_a', t.median_a, '.4g')} / {_span(k + '.p95_a', t.p95_a, '.4g')}</td>"
+                f"<td>{_span(k + '.median_b', t.median_b, '.4g')} / {_span(k + '.p95_b', t.p95_b, '.4g')}</td>"
+                f"<td>{_span(k + '.median_ratio', t.median_ratio, '.3g')}</td>"
+                f"<td>{_span(k + '.cliffs_delta', t.cliffs_delta, '+.2f')} {escape(t.effect)}</td>"
+                f"<td>{_span(k + '.p_value', t.p_value, '.2g')}</td></tr>"
+            )
+        out.append("</table>")
+        out.append(f'<p class="conclusion">{escape(c.conclusion)}</p>')
+    out.append(
+        '<p class="sub">Cliff\'s delta: the probability that a value of the second is larger '
+        "than one of the first, minus the reverse (-1..1; |d| &ge; 0.474 is large). "
+        "Mann-Whitney U, two-sided, normal approximation with ties; significant below 0.01.</p>"
+    )
+    return "".join(out)
+
+
+def _reference(result: LabResult) -> str:
+    if not result.reference:
+        return ""
+    out = ["<h2>The original document's table, measured</h2><table><tr><th>metric</th>"
+           "<th>document: no contention</th><th>document: contention</th>"
+           "<th>measured: baseline</th><th>measured: contention</th><th>verdict</th></tr>"]  # fmt: skip
+    for r in result.reference:
+        cls = "holds" if r.holds else "fails" if r.holds is False else ""
+        out.append(
+            f"<tr><td>{escape(r.metric)}</td><td>{escape(r.reference_baseline)}</td>"
+            f"<td>{escape(r.reference_contention)}</td><td>{escape(r.baseline)}</td>"
+            f'<td>{escape(r.contention)}</td><td class="{cls}">{escape(r.note)}</td></tr>'
+        )
+    out.append("</table>")
+    return "".join(out)
+
+
+def _result_section(result: LabResult, index: int, many: bool) -> str:
+    prefix = f"results[{index}]." if many else ""
+    cfg = result.config
+    limit = f"{cfg.cpus:g} CPU" if cfg.cpus is not None else "no CPU limit"
+    memory = f"{cfg.memory_bytes >> 20} MiB" if cfg.memory_bytes is not None else "no memory limit"
+    head = (
+        f'<p class="sub">The app (Flask /compute under gunicorn) and {cfg.noise_workers} noise '
+        f"processes in a sandbox of {escape(limit)} and {escape(memory)} ({escape(cfg.cgroup_mode or 'no sandbox')}), "
+        f"loaded open-loop at {cfg.rate_per_s:.1f} requests/s for {cfg.duration_s:g} s per arm; "
+        f"backend {escape(cfg.backend)}.</p>"
+    )
+    return (
+        head
+        + "<h2>Verdict</h2>"
+        + _verdicts(result.arms, prefix)
+        + _breakdown_section(result.arms, prefix)
+        + _time_plots(result.arms)
+        + _distribution_plots(result.arms)
+        + _comparisons(result.comparisons, f"{prefix}comparisons")
+        + _reference(result)
+    )
+
+
+def render(
+    results: Sequence[LabResult],
+    comparisons: Sequence[Comparison] = (),
+    title: str = "contend lab",
+) -> str:
+    """One page for one lab result (its own comparisons) or several (plus `comparisons`
+    between them, keyed `comparisons[...]` in the page)."""
+    many = len(results) > 1
+    body = "".join(
+        (f"<h2>Result {i + 1}</h2>" if many else "") + _result_section(r, i, many)
+        for i, r in enumerate(results)
+    )
+    if many or (comparisons and not results):
+        body = _comparisons(comparisons, "comparisons") + body
+    elif comparisons and list(comparisons) != list(results[0].comparisons):
+        body += _comparisons(comparisons, "comparisons")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
+        f"<h1>{escape(title)}: is the app starved of CPU, and by what?</h1>"
+        + body
+        + f"<footer>contend {escape(__version__)}: every number here is in the JSON result "
+        "(contend lab --json); the plots are inline SVG.</footer></body></html>\n"
+    )
