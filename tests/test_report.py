@@ -107,6 +107,7 @@ def test_diagnosis_on_known_sessions(lab: LabResult) -> None:
     assert cont.verdict.causes[0].startswith("Runnable but throttled by the 0.5-CPU quota: 71%")
     assert [c.kind for c in unl.verdict.ranked] == ["neighbour"]
     assert unl.verdict.ranked[0].share_of_demand == pytest.approx(0.6)
+    assert [b.label for b in cont.breakdown] == ["app", "app: contend-app (TID 10)"]
     for arm in lab.arms:
         assert sum(s.pct for s in arm.breakdown[0].shares) == pytest.approx(100.0)
         assert len(arm.series) == 10

@@ -86,12 +86,18 @@ def from_events(
     label: str,
     pids: set[int] | None = None,
     throttling: bool = False,
+    tids: set[int] | None = None,
 ) -> Breakdown:
-    """The breakdown of the traced threads of `pids` (all traced threads if None).
+    """The breakdown of the traced threads of `pids` (all traced threads if None), or
+    of the threads `tids`.
 
     The occupants are charged for all traced threads together; a subset gets the same
     split in proportion to its own runnable time."""
-    threads = [t for t in times.threads if pids is None or t.pid in pids]
+    threads = [
+        t
+        for t in times.threads
+        if (pids is None or t.pid in pids) and (tids is None or t.tid in tids)
+    ]
     own = {t.pid for t in times.threads}
     return _breakdown(threads, times.occupants, label, own, throttling)
 

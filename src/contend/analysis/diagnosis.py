@@ -18,7 +18,7 @@ def throttling(m: ArmMetrics) -> bool:
 def breakdowns(
     record: ArmRecord, m: ArmMetrics, clock_ticks: int = CLOCK_TICKS_DEFAULT
 ) -> tuple[Breakdown, ...]:
-    """The target role as a whole, then each of its processes."""
+    """The target role as a whole, then each of its processes, then each thread that ran."""
     role = record.target_role
     pids = sorted(pid for pid, r in record.roles.items() if r == role)
     times = record.sched_times
@@ -28,7 +28,14 @@ def breakdowns(
             bd.from_events(times, f"{role}: {_comm(times, pid)} (PID {pid})", {pid}, throttling(m))
             for pid in sorted({t.pid for t in times.threads if t.pid in set(pids)})
         ]
-        return (whole, *[b for b in per if b.threads]) if len(per) > 1 else (whole,)
+        threads = [
+            bd.from_events(
+                times, f"{role}: {t.comm or '?'} (TID {t.tid})", {t.pid}, throttling(m), {t.tid}
+            )
+            for t in times.threads
+            if t.pid in set(pids) and t.running_ns > 0
+        ]
+        return (whole, *(per if len(per) > 1 else []), *threads)
     snaps = record.snapshots
     if len(snaps) < 2:
         return ()
