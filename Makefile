@@ -5,10 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the project uses when present (bpftrace: the eBPF backend).
-DEB_PACKAGES := bpftrace
+# Debian packages the project uses when present (bpftrace: the eBPF backend; podman,
+# runc, debootstrap, podman-docker: the container image and the `docker` command of the
+# original document, without a registry or a Docker daemon).
+DEB_PACKAGES := bpftrace podman runc debootstrap podman-docker
 
-.PHONY: install lab test lint typecheck pytest clean deb
+.PHONY: install lab test lint typecheck pytest clean deb image
 
 install: deb $(STAMP)
 
@@ -39,6 +41,11 @@ $(STAMP): pyproject.toml
 
 lab: install
 	$(BIN)/contend lab $(LAB_ARGS)
+
+# The original document's image dtrace-cpu-contention (podman or docker, whichever
+# answers; a local debootstrap base, no registry). Idempotent: a second run reuses it.
+image: install
+	$(BIN)/contend image build $(IMAGE_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests tools $(wildcard bench)
