@@ -718,3 +718,137 @@ def test_the_documents_steps_1_to_4_with_docker(built_image: Built, tmp_path: Pa
         != 0
     )
     assert not [d for d in running.cgroup_dirs if d.exists()]
+
+
+# --- contend lab --engine ------------------------------------------------------------------
+
+
+def _lab_containers(owner: int) -> list[str]:
+    done = subprocess.run(
+        ["podman", "ps", "-a", "--filter", f"name=contend-lab-{owner}-", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--engine", "lxc"], "--engine: 'lxc' is not one of podman, docker"),
+        (["--engine", "podman", "--no-sandbox"], "drop --no-sandbox"),
+    ],
+)
+def test_lab_engine_bad_input_is_one_line(args: list[str], expected: str) -> None:
+    done = subprocess.run([*contend_command(), "lab", *args], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr
+
+
+@pytest.mark.kernel
+def test_lab_engine_runs_each_arm_in_a_container(built_image: Built, tmp_path: Path) -> None:
+    need(bt.available()[0], f"needs bpftrace: {bt.available()[1]}")
+    out = tmp_path / "lab.json"
+    proc = subprocess.Popen(
+        [*contend_command(), "lab", "--engine", "podman", "--duration", "4", "--json", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: dict[str, str] = {}  # container -> its CONTEND_NOISE
+    while proc.poll() is None:
+        for name in _lab_containers(proc.pid):
+            if name not in seen:
+                env = subprocess.run(
+                    ["podman", "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", name],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                noise = re.findall(r"^CONTEND_NOISE=(\d)$", env, re.M)
+                seen[name] = noise[0] if noise else "?"
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "in podman containers of 0.5 CPU, 512 MiB" in stdout
+    # One container per arm, app alone then app + noise, and none left.
+    assert list(seen.values()) == ["0", "1"], seen
+    assert _lab_containers(proc.pid) == []
+    result = json.loads(out.read_text())
+    cfg = result["config"]
+    assert (cfg["engine"], cfg["cpus"], cfg["memory_bytes"]) == ("podman", 0.5, 512 << 20)
+    baseline, contention = (arm["metrics"] for arm in result["arms"])
+    assert baseline["cpu_cores"].get("noise", 0) == 0
+    assert contention["cpu_cores"]["noise"] > 0.1
+    # Measured through the container's cgroup: its quota throttles the contention arm.
+    assert contention["throttled_period_ratio"] > 0.5 > baseline["throttled_period_ratio"]
+    assert contention["wait_to_run_ratio"] > 2 * baseline["wait_to_run_ratio"]
+    assert result["arms"][1]["verdict"]["contention"] is True
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_lab_engine_removes_its_container_on_a_signal(
+    built_image: Built, sig: signal.Signals, code: int
+) -> None:
+    proc = subprocess.Popen(
+        [*contend_command(), "lab", "--engine", "podman", "--duration", "60"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (names := _lab_containers(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        pid = int(
+            subprocess.run(
+                ["podman", "inspect", "-f", "{{.State.Pid}}", names[0]],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        dirs = _cgroup_dirs(pid)
+        time.sleep(3)  # into calibration or the arm
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == code, stderr
+        assert _lab_containers(proc.pid) == []
+        assert dirs and not [d for d in dirs if d.exists()]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for name in _lab_containers(proc.pid):
+            subprocess.run(["podman", "rm", "-f", name], capture_output=True)
+
+
+@pytest.mark.kernel
+def test_lab_engine_reclaims_the_container_of_a_sigkilled_run(built_image: Built) -> None:
+    from contend.collect import engine as engines
+    from contend.lab.container_arms import reclaim_stale
+
+    proc = subprocess.Popen(
+        [*contend_command(), "lab", "--engine", "podman", "--duration", "60"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (names := _lab_containers(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(1)
+        proc.kill()
+        proc.wait()
+        assert _lab_containers(proc.pid) == names  # SIGKILL: nothing could clean up
+        assert reclaim_stale(engines.find("podman")) == names
+        assert _lab_containers(proc.pid) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for name in _lab_containers(proc.pid):
+            subprocess.run(["podman", "rm", "-f", name], capture_output=True)

@@ -67,3 +67,27 @@ def cgroup_of(pid: int) -> tuple[Path | None, int | None]:
         if "cpu" in controllers.split(",") and "cpu" in layout.v1_roots:
             v1_path = layout.v1_roots["cpu"] / path.lstrip("/")
     return (v1_path if v1_path is not None and v1_path.is_dir() else None), None
+
+
+def cgroup_dirs(pid: int) -> dict[str, Path]:
+    """The directories of `pid`'s cgroup keyed as the lab's sandbox keys its own: "cpu"
+    and "memory" (the v1 controllers' directories, or the cgroup2 one) and "unified"
+    (the cgroup2 directory: PSI), those that exist."""
+    layout = detect_layout()
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return {}
+    dirs: dict[str, Path] = {}
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if path in ("", "/"):
+            continue
+        if hierarchy == "0" and layout.v2_root is not None:
+            dirs["unified"] = layout.v2_root / path.lstrip("/")
+            if layout.mode == "v2":
+                dirs["cpu"] = dirs["memory"] = dirs["unified"]
+        for controller in ("cpu", "memory"):
+            if controller in controllers.split(",") and controller in layout.v1_roots:
+                dirs[controller] = layout.v1_roots[controller] / path.lstrip("/")
+    return {key: d for key, d in dirs.items() if d.is_dir()}
