@@ -6,9 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the project uses when present (bpftrace: the eBPF backend; podman,
-# runc, debootstrap, podman-docker: the container image and the `docker` command of the
-# original document, without a registry or a Docker daemon).
-DEB_PACKAGES := bpftrace podman runc debootstrap podman-docker
+# runc, debootstrap: the container image without a registry or a Docker daemon).
+DEB_PACKAGES := bpftrace podman runc debootstrap
+# The original document's `docker` command, as podman (/usr/bin/docker runs podman).
+# Installed apart: it conflicts with Debian's docker.io/docker-ce-cli, and a conflict must
+# not cost the packages above. A Docker CLI outside dpkg (/usr/local/bin) is no conflict.
+DEB_DOCKER_SHIM := podman-docker
 
 .PHONY: install lab test lint typecheck pytest clean deb image
 
@@ -28,6 +31,19 @@ deb:
 	     || { echo "warning: could not install$$missing (contend works without them)"; }; \
 	  else \
 	    echo "note: missing Debian packages:$$missing (run 'make install' as root to add them)"; \
+	  fi; \
+	fi
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  ! dpkg-query -W -f='$${Status}' $(DEB_DOCKER_SHIM) 2>/dev/null | grep -q "install ok installed"; then \
+	  owner=$$(dpkg -S /usr/bin/docker 2>/dev/null | cut -d: -f1); \
+	  if [ -n "$$owner" ]; then \
+	    echo "note: /usr/bin/docker belongs to $$owner: not installing $(DEB_DOCKER_SHIM)"; \
+	  else \
+	    echo "installing Debian packages: $(DEB_DOCKER_SHIM)"; \
+	    apt-get install -y -q --no-install-recommends $(DEB_DOCKER_SHIM) >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null && \
+	     apt-get install -y -q --no-install-recommends $(DEB_DOCKER_SHIM) >/dev/null 2>&1) || \
+	      echo "warning: could not install $(DEB_DOCKER_SHIM) (podman works without it)"; \
 	  fi; \
 	fi
 
