@@ -33,20 +33,12 @@ class Engine:
         return f"{self.name}{behind} {self.version} ({self.binary})"
 
     def run(
-        self,
-        args: Sequence[str],
-        timeout_s: float = 60.0,
-        check: bool = True,
-        input_bytes: bytes | None = None,
+        self, args: Sequence[str], timeout_s: float = 60.0, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """`ENGINE ARGS`, captured; a failure (with `check`) is one ContendError line."""
         try:
             done = subprocess.run(
-                [self.binary, *args],
-                capture_output=True,
-                text=input_bytes is None,
-                input=input_bytes,
-                timeout=timeout_s,
+                [self.binary, *args], capture_output=True, text=True, timeout=timeout_s
             )
         except subprocess.TimeoutExpired:
             raise ContendError(
@@ -54,13 +46,6 @@ class Engine:
             ) from None
         except OSError as e:
             raise ContendError(f"{self.name}: {e.strerror or e}") from None
-        if input_bytes is not None:  # binary mode: decode for the caller
-            done = subprocess.CompletedProcess(
-                done.args,
-                done.returncode,
-                _text(done.stdout),
-                _text(done.stderr),
-            )
         if check and done.returncode != 0:
             raise ContendError(
                 f"{self.name} {' '.join(args[:2])}: {first_line(done.stderr or done.stdout)}"
@@ -89,12 +74,6 @@ class Engine:
     def remove_container(self, name: str) -> None:
         """`rm -f`: stops and removes; quiet when it is already gone."""
         self.run(["rm", "-f", name], check=False, timeout_s=60)
-
-
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    return data if isinstance(data, str) else data.decode(errors="replace")
 
 
 def first_line(text: str) -> str:
