@@ -332,18 +332,22 @@ def container(built_image: Built) -> Iterator[Running]:
 
 
 class Load:
-    """`count` GET /compute, one every `interval_s`, in a thread, after `delay_s` (so
-    that all of them fall inside a trace started beside it); counts the 200s."""
+    """`count` GET /compute, one every `interval_s`, in a thread; counts the 200s. Then
+    runs `exec_after`, if given."""
 
     def __init__(
-        self, port: int, count: int = 10, interval_s: float = 0.25, delay_s: float = 0.0
+        self,
+        port: int,
+        count: int = 10,
+        interval_s: float = 0.25,
+        exec_after: tuple[str, ...] = (),
     ) -> None:
         self.ok = 0
         self.failed = 0
-        self._thread = threading.Thread(target=self._run, args=(port, count, interval_s, delay_s))
+        self.exec_after = exec_after
+        self._thread = threading.Thread(target=self._run, args=(port, count, interval_s))
 
-    def _run(self, port: int, count: int, interval_s: float, delay_s: float) -> None:
-        time.sleep(delay_s)
+    def _run(self, port: int, count: int, interval_s: float) -> None:
         for _ in range(count):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/compute", timeout=30) as r:
@@ -351,6 +355,8 @@ class Load:
             except OSError:
                 self.failed += 1
             time.sleep(interval_s)
+        if self.exec_after:
+            subprocess.run(self.exec_after, capture_output=True, check=True, timeout=60)
 
     def __enter__(self) -> Load:
         self._thread.start()
@@ -425,6 +431,53 @@ def _trace(*args: str, timeout: float = 120) -> dict[str, Any]:
     return result
 
 
+def _trace_around(load: Load, tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Trace while `load` runs, all of it inside the window: the load starts once the
+    first `--interval` summary is out (the probes are attached), and Ctrl-C ends the
+    trace after the last request (contend trace then writes its result, as on
+    --duration)."""
+    need(bt.available()[0], f"needs bpftrace: {bt.available()[1]}")
+    result_file, progress = tmp_path / "trace.json", tmp_path / "intervals.jsonl"
+    with progress.open("w") as sink:
+        proc = subprocess.Popen(
+            [
+                *contend_command(),
+                "trace",
+                *args,
+                "--interval",
+                "0.5",
+                "--duration",
+                "120",
+                "--format",
+                "json",
+                "-o",
+                str(result_file),
+            ],
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not progress.read_text().strip():
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "no summary from contend trace in 60 s"
+                time.sleep(0.05)
+            with load:
+                pass  # runs the load to its end
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err
+    result: dict[str, Any] = json.loads(result_file.read_text())
+    assert "stopped by a signal before the end" in result["notes"]
+    return result
+
+
 def _pids_in(result: dict[str, Any]) -> dict[str, set[int]]:
     return {
         key: {int(r["pid"]) for r in result[key] if r.get("pid")}
@@ -457,12 +510,12 @@ def _app_worker(running: Running) -> int:
 
 @pytest.mark.kernel
 def test_trace_syscalls_sees_the_requests_of_the_container_only(
-    container: Running, host_decoy: int
+    container: Running, host_decoy: int, tmp_path: Path
 ) -> None:
     worker = _app_worker(container)
-    # Requests start once the tracer is attached (under 2.5 s) and end before it stops.
-    with CgroupWatch(container) as watch, Load(container.port, delay_s=2.5) as load:
-        result = _trace("syscalls", "--container", container.name, "--duration", "8")
+    load = Load(container.port)
+    with CgroupWatch(container) as watch:
+        result = _trace_around(load, tmp_path, "syscalls", "--container", container.name)
     assert load.ok == 10 and load.failed == 0, (load.ok, load.failed)
     assert result["target"].startswith(f"container {container.name} (podman, pid {container.pid})")
     _only_the_container(result, watch.seen, host_decoy)
@@ -506,15 +559,11 @@ def test_trace_cpu_sees_the_noise_push_the_app_off_the_cpu(
 
 @pytest.mark.kernel
 def test_trace_process_and_io_see_an_exec_inside_the_container(
-    container: Running, host_decoy: int
+    container: Running, host_decoy: int, tmp_path: Path
 ) -> None:
     """`podman exec NAME cat /etc/hostname` joins the container's cgroup: the process
     monitor sees its exec and exit code, io sees it read the container's hostname (its
     12-hex-digit ID, 12 bytes, where the host's is another length)."""
-
-    def exec_later() -> None:
-        time.sleep(3)
-        subprocess.run(["podman", "exec", container.name, "cat", "/etc/hostname"], check=True)
 
     hostname = subprocess.run(
         ["podman", "exec", container.name, "cat", "/etc/hostname"],
@@ -524,11 +573,11 @@ def test_trace_process_and_io_see_an_exec_inside_the_container(
     ).stdout
     assert len(hostname) == 12, hostname
     assert len(Path("/etc/hostname").read_text()) != len(hostname)
-    thread = threading.Thread(target=exec_later)
-    with CgroupWatch(container) as watch, Load(container.port, delay_s=2.5) as load:
-        thread.start()
-        result = _trace("process", "io", "--container", container.name, "--duration", "8")
-        thread.join()
+    load = Load(
+        container.port, exec_after=("podman", "exec", container.name, "cat", "/etc/hostname")
+    )
+    with CgroupWatch(container) as watch:
+        result = _trace_around(load, tmp_path, "process", "io", "--container", container.name)
     assert load.ok == 10, (load.ok, load.failed)
     _only_the_container(result, watch.seen, host_decoy)
     cats = [e for e in result["process"] if e["comm"] == "cat"]
