@@ -6,10 +6,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the project uses when present (bpftrace: the eBPF backend; chromium:
-# the tests open the HTML report in it).
-DEB_PACKAGES := bpftrace chromium
+# the tests open the HTML report in it; podman, runc, debootstrap: the container image
+# without a registry or a Docker daemon).
+DEB_PACKAGES := bpftrace chromium podman runc debootstrap
+# The original document's `docker` command, as podman (/usr/bin/docker runs podman).
+# Installed apart: it conflicts with Debian's docker.io/docker-ce-cli, and a conflict must
+# not cost the packages above. A Docker CLI outside dpkg (/usr/local/bin) is no conflict.
+DEB_DOCKER_SHIM := podman-docker
 
-.PHONY: install lab test lint typecheck pytest clean deb
+.PHONY: install lab test lint typecheck pytest clean deb image
 
 install: deb $(STAMP)
 
@@ -29,6 +34,19 @@ deb:
 	    echo "note: missing Debian packages:$$missing (run 'make install' as root to add them)"; \
 	  fi; \
 	fi
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  ! dpkg-query -W -f='$${Status}' $(DEB_DOCKER_SHIM) 2>/dev/null | grep -q "install ok installed"; then \
+	  owner=$$(dpkg -S /usr/bin/docker 2>/dev/null | cut -d: -f1); \
+	  if [ -n "$$owner" ]; then \
+	    echo "note: /usr/bin/docker belongs to $$owner: not installing $(DEB_DOCKER_SHIM)"; \
+	  else \
+	    echo "installing Debian packages: $(DEB_DOCKER_SHIM)"; \
+	    apt-get install -y -q --no-install-recommends $(DEB_DOCKER_SHIM) >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null && \
+	     apt-get install -y -q --no-install-recommends $(DEB_DOCKER_SHIM) >/dev/null 2>&1) || \
+	      echo "warning: could not install $(DEB_DOCKER_SHIM) (podman works without it)"; \
+	  fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -40,6 +58,11 @@ $(STAMP): pyproject.toml
 
 lab: install
 	$(BIN)/contend lab $(LAB_ARGS)
+
+# The original document's image dtrace-cpu-contention (podman or docker, whichever
+# answers; a local debootstrap base, no registry). Idempotent: a second run reuses it.
+image: install
+	$(BIN)/contend image build $(IMAGE_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests tools $(wildcard bench)

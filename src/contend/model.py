@@ -381,6 +381,9 @@ class LabConfig:
     compute_n: int
     cost_per_request_ms: float | None
     cgroup_mode: str | None
+    # `contend lab --engine`: the engine that ran each arm as a container; None: the bare
+    # cgroup sandbox.
+    engine: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,3 +174,29 @@ def _resolve_cgroup(raw: str, roots: tuple[Path, ...], cgroup2_root: Path | None
             cgroup_id = path.stat().st_ino
         return Target(cgroup=path, cgroup_id=cgroup_id)
     raise UsageError(f"--cgroup: {raw!r} does not exist")
+
+
+# --- container engines and images ---------------------------------------------------------
+
+ENGINE_NAMES = ("podman", "docker")
+
+# An image reference as docker/distribution's reference grammar allows it, lowercase
+# repository path, optional :tag or @digest; refused otherwise, never passed on.
+_IMAGE_RE = re.compile(
+    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+
+def validate_engine(name: str) -> str:
+    if name not in ENGINE_NAMES:
+        raise UsageError(f"--engine: {name!r} is not one of {', '.join(ENGINE_NAMES)}")
+    return name
+
+
+def validate_image(name: str, option: str = "--base") -> str:
+    if len(name) > 255 or not _IMAGE_RE.match(name):
+        raise UsageError(
+            f"{option}: {name!r} is not an image reference (example: python:3.11-slim)"
+        )
+    return name

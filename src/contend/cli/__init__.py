@@ -14,7 +14,7 @@ import types
 import click
 
 from contend import __version__
-from contend.cli import compare, doctor, dtrace, lab, trace
+from contend.cli import compare, doctor, dtrace, image, lab, trace
 from contend.errors import (
     EXIT_ERROR,
     EXIT_SIGINT,
@@ -37,6 +37,7 @@ cli.add_command(lab.command)
 cli.add_command(trace.command)
 cli.add_command(dtrace.command)
 cli.add_command(compare.command)
+cli.add_command(image.command)
 
 
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:

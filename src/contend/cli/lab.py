@@ -16,7 +16,13 @@ from contend.model import RequestSample
 from contend.render import html as render_html
 from contend.render import json as render_json
 from contend.render import text as render_text
-from contend.target import parse_cpus, parse_duration, parse_memory, parse_positive_int
+from contend.target import (
+    parse_cpus,
+    parse_duration,
+    parse_memory,
+    parse_positive_int,
+    validate_engine,
+)
 
 
 class RichProgress:
@@ -78,6 +84,12 @@ class RichProgress:
     "--no-sandbox", is_flag=True, help="Run without a cgroup (no root needed, no limits)."
 )
 @click.option(
+    "--engine",
+    default=None,
+    help="podman or docker: run each arm as a container of dtrace-cpu-contention "
+    "(same --cpus/--memory); default: the bare cgroup sandbox, no engine needed.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False),
@@ -100,10 +112,15 @@ def command(
     arms: str,
     backend: str,
     no_sandbox: bool,
+    engine: str | None,
     json_path: str | None,
     html_path: str | None,
 ) -> int:
     """Start the app and noise in a CPU-limited sandbox, load it, and say whether it is contended."""
+    if engine is not None:
+        validate_engine(engine)
+        if no_sandbox:
+            raise UsageError("--engine runs each arm in a limited container: drop --no-sandbox")
     options = LabOptions(
         cpus=None if no_sandbox else parse_cpus(cpus),
         memory_bytes=None if no_sandbox else parse_memory(memory),
@@ -115,6 +132,7 @@ def command(
         sandbox=not no_sandbox,
         backend=_backend(backend),
         arms=_arms(arms, no_sandbox),
+        engine=engine,
     )
     if json_path is not None:
         parent = Path(json_path).resolve().parent

@@ -1,18 +1,15 @@
 """Resolve a container name or ID to its init PID and cgroup, through the engine that
-answers: podman or docker, found at run time, never assumed. Only `ENGINE inspect` is
-run, with the validated name as one argument (no shell)."""
+answers: podman or docker, found at run time, never assumed (`contend.collect.engine`).
+Only `ENGINE inspect` is run, with the validated name as one argument (no shell)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from contend.collect import engine as engines
 from contend.collect.cgroups import detect_layout
-from contend.errors import ContendError
-
-ENGINES = ("podman", "docker")
+from contend.errors import ContendError, UsageError
 
 
 @dataclass(frozen=True)
@@ -24,39 +21,31 @@ class Container:
     cgroup_id: int | None  # the cgroup2 id, when the container has a cgroup2 directory
 
 
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "no output"
-
-
 def inspect(name: str, timeout_s: float = 15.0) -> Container:
-    """The running container `name` (already validated), or a one-line ContendError."""
-    tried = []
-    for engine in ENGINES:
-        binary = shutil.which(engine)
-        if binary is None:
+    """The running container `name` (already validated). No engine answering is a
+    ContendError (exit 1); engines answering but none knowing the name, a UsageError
+    (exit 2); a stopped container, a ContendError. All one line."""
+    unanswered = []
+    unknown = []
+    for candidate in engines.ENGINES:
+        engine, why = engines.probe(candidate, timeout_s)
+        if engine is None:
+            unanswered.append(why)
             continue
-        try:
-            done = subprocess.run(
-                [binary, "inspect", "--format", "{{.State.Pid}}", name],
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-            )
-        except subprocess.TimeoutExpired:
-            tried.append(f"{engine}: no answer in {timeout_s:.0f} s")
-            continue
+        done = engine.run(
+            ["inspect", "--format", "{{.State.Pid}}", name], timeout_s=timeout_s, check=False
+        )
         pid_text = done.stdout.strip()
         if done.returncode == 0 and pid_text.isdigit():
             pid = int(pid_text)
             if pid == 0:
-                raise ContendError(f"container {name!r} ({engine}) is not running")
+                raise ContendError(f"container {name!r} ({engine.name}) is not running")
             cgroup, cgroup_id = cgroup_of(pid)
-            return Container(engine, name, pid, cgroup, cgroup_id)
-        tried.append(f"{engine}: {_first_line(done.stderr or done.stdout)}")
-    if not tried:
-        raise ContendError("--container: no container engine found (podman or docker)")
-    raise ContendError(f"--container {name!r}: " + "; ".join(tried))
+            return Container(engine.name, name, pid, cgroup, cgroup_id)
+        unknown.append(f"{engine.name}: {engines.first_line(done.stderr or done.stdout)}")
+    if not unknown:
+        raise ContendError("--container: no container engine answers: " + "; ".join(unanswered))
+    raise UsageError(f"--container {name!r}: no such container (" + "; ".join(unknown) + ")")
 
 
 def cgroup_of(pid: int) -> tuple[Path | None, int | None]:
@@ -78,3 +67,27 @@ def cgroup_of(pid: int) -> tuple[Path | None, int | None]:
         if "cpu" in controllers.split(",") and "cpu" in layout.v1_roots:
             v1_path = layout.v1_roots["cpu"] / path.lstrip("/")
     return (v1_path if v1_path is not None and v1_path.is_dir() else None), None
+
+
+def cgroup_dirs(pid: int) -> dict[str, Path]:
+    """The directories of `pid`'s cgroup keyed as the lab's sandbox keys its own: "cpu"
+    and "memory" (the v1 controllers' directories, or the cgroup2 one) and "unified"
+    (the cgroup2 directory: PSI), those that exist."""
+    layout = detect_layout()
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return {}
+    dirs: dict[str, Path] = {}
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if path in ("", "/"):
+            continue
+        if hierarchy == "0" and layout.v2_root is not None:
+            dirs["unified"] = layout.v2_root / path.lstrip("/")
+            if layout.mode == "v2":
+                dirs["cpu"] = dirs["memory"] = dirs["unified"]
+        for controller in ("cpu", "memory"):
+            if controller in controllers.split(",") and controller in layout.v1_roots:
+                dirs[controller] = layout.v1_roots[controller] / path.lstrip("/")
+    return {key: d for key, d in dirs.items() if d.is_dir()}

@@ -30,7 +30,15 @@ from contend.errors import ContendError
 from contend.lab import app as app_module
 from contend.lab import load
 from contend.lab.sandbox import Limits, Sandbox
-from contend.model import ArmRecord, LabConfig, LabResult, RequestSample, SchedTimes
+from contend.model import (
+    ArmRecord,
+    CgroupCpuStat,
+    LabConfig,
+    LabResult,
+    Pressure,
+    RequestSample,
+    SchedTimes,
+)
 from contend.monitors import TraceOptions, breakdown, build_program, syscalls, thread_owner
 from contend.prctl import die_with_parent
 from contend.target import Target
@@ -62,6 +70,25 @@ class LabOptions:
     # Arms in the order they run: baseline (app alone, quota), contention (app + noise,
     # quota), unlimited (app + noise, the quota lifted: waiting behind neighbours only).
     arms: tuple[str, ...] = ("baseline", "contention")
+    # "podman" or "docker": each arm in its own container of the lab's image, with the
+    # same --cpus/--memory (contend.lab.container_arms); None: the bare cgroup sandbox.
+    engine: str | None = None
+
+
+class MeasuredGroup(Protocol):
+    """The cgroup an arm is measured through: the sandbox, or an arm's container."""
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def mode(self) -> str: ...
+
+    def pids(self) -> list[int]: ...
+
+    def cpu_stat(self) -> CgroupCpuStat | None: ...
+
+    def cpu_pressure(self) -> Pressure | None: ...
 
 
 class Progress(Protocol):
@@ -93,6 +120,7 @@ class Lab:
         self.progress: Progress = progress or _Quiet()
         self.procfs = ProcFS()
         self.sandbox: Sandbox | None = None
+        self.group: MeasuredGroup | None = None  # what run_arm measures
         self.app: subprocess.Popen[bytes] | None = None
         self.noise: subprocess.Popen[bytes] | None = None
         # This process drives the load and samples: name it when the app waits behind it.
@@ -143,8 +171,8 @@ class Lab:
     def pids(self) -> list[int]:
         """The processes to sample, with their roles recorded as they are first seen."""
         roots = self._roots()
-        if self.sandbox is not None:
-            pids = self.sandbox.pids()
+        if self.group is not None:
+            pids = self.group.pids()
         else:
             pids = [d for root in roots for d in self.procfs.descendants(root)]
         for pid in pids:
@@ -209,7 +237,7 @@ class Lab:
 
     def run_arm(self, name: str, url: str, rate: float) -> ArmRecord:
         opts = self.options
-        sb = self.sandbox
+        sb = self.group
         sampler = Sampler(
             self.pids,
             interval_s=opts.sample_interval_s,
@@ -284,36 +312,44 @@ class Lab:
         return bt.Bpftrace(program)
 
     def run(self) -> LabResult:
-        opts = self.options
         try:
-            if opts.sandbox:
-                self.sandbox = Sandbox(Limits(opts.cpus, opts.memory_bytes)).open()
-            self.progress.phase("starting app", None)
-            base = self._start_app()
-            url = f"{base}/compute?n={opts.compute_n}"
-            cost_s: float | None = None
-            if opts.rate_per_s is None:
-                cost_s, rate = self.calibrate(url)
-            else:
-                rate = opts.rate_per_s
-            records = [self.run_arm("baseline", url, rate)]
-            self.progress.phase("starting noise", None)
-            self.noise = self._spawn("contend.lab.noise", "--workers", str(opts.noise_workers))
-            time.sleep(0.3)  # let the noise processes fork before the first sample
-            records.append(self.run_arm("contention", url, rate))
-            if "unlimited" in opts.arms and self.sandbox is not None:
-                self.sandbox.set_limits(Limits(None, opts.memory_bytes))
-                records.append(self.run_arm("unlimited", url, rate))
-                self.sandbox.set_limits(Limits(opts.cpus, opts.memory_bytes))
+            records, rate, cost_s = self.run_arms()
         finally:
             self.close()
+        return self.result(records, rate, cost_s)
 
+    def run_arms(self) -> tuple[list[ArmRecord], float, float | None]:
+        opts = self.options
+        if opts.sandbox:
+            self.sandbox = Sandbox(Limits(opts.cpus, opts.memory_bytes)).open()
+            self.group = self.sandbox
+        self.progress.phase("starting app", None)
+        base = self._start_app()
+        url = f"{base}/compute?n={opts.compute_n}"
+        cost_s: float | None = None
+        if opts.rate_per_s is None:
+            cost_s, rate = self.calibrate(url)
+        else:
+            rate = opts.rate_per_s
+        records = [self.run_arm("baseline", url, rate)]
+        self.progress.phase("starting noise", None)
+        self.noise = self._spawn("contend.lab.noise", "--workers", str(opts.noise_workers))
+        time.sleep(0.3)  # let the noise processes fork before the first sample
+        records.append(self.run_arm("contention", url, rate))
+        if "unlimited" in opts.arms and self.sandbox is not None:
+            self.sandbox.set_limits(Limits(None, opts.memory_bytes))
+            records.append(self.run_arm("unlimited", url, rate))
+            self.sandbox.set_limits(Limits(opts.cpus, opts.memory_bytes))
+        return records, rate, cost_s
+
+    def result(self, records: list[ArmRecord], rate: float, cost_s: float | None) -> LabResult:
+        opts = self.options
         baseline = records[0]
         limit = baseline.cpu_limit
         arms = [analyse_arm(record) for record in records]
         config = LabConfig(
             cpus=limit,
-            memory_bytes=self.sandbox.limits.memory_bytes if self.sandbox else None,
+            memory_bytes=self.group.limits.memory_bytes if self.group else None,
             noise_workers=opts.noise_workers,
             rate_per_s=rate,
             duration_s=opts.duration_s,
@@ -321,7 +357,8 @@ class Lab:
             concurrency=opts.concurrency,
             compute_n=opts.compute_n,
             cost_per_request_ms=cost_s * 1e3 if cost_s is not None else None,
-            cgroup_mode=self.sandbox.mode if self.sandbox else None,
+            cgroup_mode=self.group.mode if self.group else None,
+            engine=opts.engine,
         )
         return LabResult(
             config=config,
@@ -351,4 +388,8 @@ class Lab:
 
 
 def run_lab(options: LabOptions, progress: Progress | None = None) -> LabResult:
+    if options.engine is not None:
+        from contend.lab.container_arms import ContainerLab
+
+        return ContainerLab(options, progress).run()
     return Lab(options, progress).run()

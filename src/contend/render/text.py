@@ -32,8 +32,9 @@ def lab_renderable(result: LabResult) -> Group:
     limit = f"{cfg.cpus:g} CPU" if cfg.cpus is not None else "no CPU limit"
     memory = f"{cfg.memory_bytes >> 20} MiB" if cfg.memory_bytes is not None else "no memory limit"
     cost = f", {cfg.cost_per_request_ms:.1f} ms CPU per request" if cfg.cost_per_request_ms else ""
+    where = f"{cfg.engine} containers" if cfg.engine else "a sandbox"
     header = Text(
-        f"contend lab: app + {cfg.noise_workers} noise workers in a sandbox of {limit}, {memory} "
+        f"contend lab: app + {cfg.noise_workers} noise workers in {where} of {limit}, {memory} "
         f"({cfg.cgroup_mode or 'no sandbox'}); {cfg.rate_per_s:.1f} req/s open loop{cost}; "
         f"{cfg.duration_s:g} s per arm; backend {cfg.backend}"
     )
