@@ -692,6 +692,10 @@ class Tracer:
     def start(self) -> None:
         self.instance.start()
 
+    def chunks(self, event: str) -> list[Columns]:
+        """The batches of one event decoded so far (read-only use)."""
+        return self._chunks.get(event, [])
+
     def poll(self) -> int:
         """Read and decode what the buffers hold now; returns the records decoded."""
         inst = self.instance
