@@ -267,3 +267,77 @@ def test_nothing_is_left_after_an_exception(root_tracefs: None) -> None:
         inst.enable("sched", "sched_switch")
         inst.enable("sched", "no_such_event")
     assert instances() == before
+
+
+# --- the analysis and the Perfetto file on a hand-made capture (fake clock) --------------
+
+
+def synthetic_capture() -> tf.Capture:
+    """CPU 0: idle -> A(10) at 0; A preempted by B(20) at 100; B -> A at 300; A sleeps at
+    400. A is woken at 500 and runs on CPU 1 until 900, its switch from idle unrecorded
+    (as this VM's kernel does on CPU 1)."""
+
+    def col(*values: object, dtype: str = "<i8") -> np.ndarray:  # type: ignore[type-arg]
+        return np.array(values, dtype=dtype)
+
+    switch = {
+        "ts": col(0, 100, 300, 400, 900), "cpu": col(0, 0, 0, 0, 1, dtype="<i2"),
+        "common_pid": col(0, 10, 20, 10, 10),
+        "prev_pid": col(0, 10, 20, 10, 10), "prev_state": col(0, 0, 0, 1, 1),
+        "next_pid": col(10, 20, 10, 0, 0),
+        "prev_comm": col(b"swapper/0", b"a", b"b", b"a", b"a", dtype="S16"),
+        "next_comm": col(b"a", b"b", b"a", b"swapper/0", b"swapper/1", dtype="S16"),
+    }  # fmt: skip
+    wakeup = {"ts": col(500), "cpu": col(1, dtype="<i2"), "common_pid": col(20),
+              "pid": col(10), "target_cpu": col(1)}  # fmt: skip
+    return tf.Capture({"sched_switch": switch, "sched_wakeup": wakeup}, {0: 0, 1: 0})
+
+
+def test_slices_waits_and_who_held_the_cpu() -> None:
+    from contend.monitors import timeline as tl
+
+    capture = synthetic_capture()
+    tasks = tl.learn_tasks(capture, tl.Tasks(tgid={10: 10}, targets={10}))
+    slices = tl.on_cpu(capture, tasks)
+    assert sorted(zip(slices.start.tolist(), slices.end.tolist(), strict=True)) == [
+        (0, 100), (300, 400), (500, 900)]  # fmt: skip
+    assert slices.inferred == 1
+    rows, preemptors = tl.cpu_rows(capture, tasks, slices)
+    a = next(r for r in rows if r.tid == 10)
+    assert (a.on_cpu_ns, a.slices, a.voluntary_switches, a.involuntary_switches) == (600, 3, 2, 1)
+    assert a.wakeups == 1 and a.run_queue_latency.count == 2
+    assert a.run_queue_latency.avg_ns == 100.0  # (200 + 0) / 2
+    assert [(p.pid, p.comm, p.count) for p in preemptors] == [(20, "b", 1)]
+    occ = tl.occupancy(capture, slices)
+    longest, behind = tl.waits_behind(slices, occ, tasks)
+    assert (longest[0].wait_ns, longest[0].ts_ns, longest[0].cpu) == (200, 100, 0)
+    assert [(o.comm, o.tid, o.ns) for o in longest[0].ran] == [("b", 20, 200)]
+    assert [(o.tid, o.ns) for o in behind] == [(20, 200)]
+
+
+def test_perfetto_document_follows_the_format() -> None:
+    import json
+
+    from contend.monitors import timeline as tl
+    from contend.render import perfetto
+
+    capture = synthetic_capture()
+    tasks = tl.learn_tasks(capture, tl.Tasks(tgid={10: 10}, targets={10}))
+    slices = tl.on_cpu(capture, tasks)
+    occ = tl.occupancy(capture, slices)
+    doc = json.loads(perfetto.render(tl.build_timeline(capture, tasks, slices, occ)))
+    events = doc["traceEvents"]
+    thread_x = [(e["ts"], e["dur"], e["args"]["cpu"]) for e in events
+                if e["ph"] == "X" and e["tid"] == 10]  # fmt: skip
+    assert thread_x == [(0.0, 0.1, 0), (0.3, 0.1, 0), (0.5, 0.4, 1)]  # microseconds
+    cpu_x = [(e["tid"] - perfetto.CPU_TID_BASE, e["name"], e["ts"]) for e in events
+             if e["ph"] == "X" and e["pid"] == perfetto.CPUS_PID]  # fmt: skip
+    assert cpu_x == [(0, "a 10", 0.0), (0, "b 20", 0.1), (0, "a 10", 0.3), (1, "a 10", 0.5)]
+    meta = {(e["name"], e["args"].get("name")) for e in events if e["ph"] == "M"}
+    assert {("process_name", "a 10"), ("thread_name", "a 10"), ("thread_name", "CPU 0"),
+            ("thread_name", "CPU 1")} <= meta  # fmt: skip
+    (wake,) = [e for e in events if e["ph"] == "i"]
+    assert (wake["ts"], wake["s"], wake["args"]["waker"]) == (0.5, "t", "b 20")
+    counters = [(e["name"], e["ts"], e["args"]["waiting"]) for e in events if e["ph"] == "C"]
+    assert ("runnable target threads, CPU 0", 0.1, 1.0) in counters
+    assert ("runnable target threads, CPU 0", 0.3, 0.0) in counters

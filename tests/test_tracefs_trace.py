@@ -3,6 +3,7 @@ parity with the bpftrace backend, and nothing left in tracefs however it stops."
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -126,8 +127,9 @@ def test_parity_with_bpftrace_on_the_known_workload(
 
     # Every syscall of the main process (interpreter startup included): the same calls,
     # the same errors; counts equal but for futex (how often the 4 threads' start and
-    # join contend depends on timing: 21 vs 15 seen) and mmap/mprotect off by at most
-    # one (30 vs 31, 7 vs 8: a thread stack, also timing-dependent).
+    # join contend depends on timing: 21 vs 15 seen) and mmap/munmap/mprotect off by a
+    # few (30 vs 32, 8 vs 9, 7 vs 9: glibc makes a malloc arena per thread that runs
+    # concurrently, which depends on timing too).
     def counts(result: dict[str, Any]) -> dict[str, tuple[int, int]]:
         pid = main_pid(result)
         return {
@@ -138,8 +140,8 @@ def test_parity_with_bpftrace_on_the_known_workload(
     assert set(a) == set(b) and len(a) > 30
     assert all(a[k][1] == b[k][1] for k in a)
     off = {k: (a[k][0], b[k][0]) for k in a if a[k][0] != b[k][0]}
-    assert set(off) <= {"futex", "mmap", "mprotect"}, off
-    assert all(abs(x - y) <= 1 for k, (x, y) in off.items() if k != "futex"), off
+    assert set(off) <= {"futex", "mmap", "munmap", "mprotect"}, off
+    assert all(abs(x - y) <= 3 for k, (x, y) in off.items() if k != "futex"), off
 
 
 def test_text_output_has_the_original_blocks(root: None) -> None:
@@ -196,11 +198,14 @@ def test_two_pinned_busy_loops_against_schedstat_and_bpftrace(root: None) -> Non
             assert wait_ns == pytest.approx(sched_wait, rel=0.10), backend
             assert row["involuntary_switches"] >= 0.9 * row["slices"]
             figures[backend].append((share, slice_ns, wait_ns))
-    # The two backends agree with each other within 10% too (different 3 s windows).
+    # Each backend is within 10% of the kernel's own accounting over its own window; the
+    # windows differ (one after the other on a machine shared with other tests), so
+    # between backends only 20% is asked (seen: 4.00 vs 4.55 ms of wait under load).
+    assert len(figures["tracefs"]) == len(figures["bpftrace"]) == 2, figures
     for (_, s1, w1), (_, s2, w2) in zip(
         sorted(figures["tracefs"]), sorted(figures["bpftrace"]), strict=True
     ):
-        assert s1 == pytest.approx(s2, rel=0.10) and w1 == pytest.approx(w2, rel=0.10)
+        assert s1 == pytest.approx(s2, rel=0.20) and w1 == pytest.approx(w2, rel=0.20)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
@@ -260,3 +265,107 @@ def test_bad_input_is_one_line(root: None) -> None:
         [*contend_command(), "trace", "cpu", "--backend", "ftrace"], capture_output=True, text=True
     )
     assert done.returncode == 2 and "tracefs" in done.stderr
+
+
+# --- the timeline: Perfetto and the longest waits ----------------------------------------
+
+BURN = (
+    "import time\n"
+    "end = time.thread_time() + 1.5\n"
+    "while time.thread_time() < end:\n"
+    "    pass\n"
+    "for _ in range(20):\n"
+    "    time.sleep(0.005)\n"
+    "print(open('/proc/self/schedstat').read().split()[0])\n"
+)
+
+
+def check_trace_format(doc: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """The Trace Event Format's rules that Perfetto relies on; returns X events per tid."""
+    events = doc["traceEvents"]
+    assert doc["displayTimeUnit"] == "ns"
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+             if e["ph"] == "M" and e["name"] == "thread_name"}  # fmt: skip
+    processes = {e["pid"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
+    per_tid: dict[int, list[dict[str, Any]]] = {}
+    for e in events:
+        assert e["ph"] in ("X", "i", "C", "M", "s", "f")
+        if e["ph"] in ("X", "i", "s", "f"):
+            assert (e["pid"], e["tid"]) in names and e["pid"] in processes
+        if e["ph"] == "X":
+            assert e["dur"] >= 0 and e["ts"] >= 0
+            per_tid.setdefault(e["tid"], []).append(e)
+    for slices in per_tid.values():
+        slices.sort(key=lambda e: e["ts"])
+        for a, b in itertools.pairwise(slices):
+            assert a["ts"] + a["dur"] <= b["ts"] + 1e-3, (a, b)  # no overlap on a track
+    flows = [e for e in events if e["ph"] in ("s", "f")]
+    assert sorted(e["id"] for e in flows if e["ph"] == "s") == sorted(
+        e["id"] for e in flows if e["ph"] == "f"
+    )
+    return per_tid
+
+
+def test_perfetto_slices_add_up_to_proc_cpu_time(root: None, tmp_path: Path) -> None:
+    trace = tmp_path / "burn.json"
+    done = subprocess.run(
+        [*contend_command(), "trace", "cpu", "--backend", "tracefs", "--format", "json",
+         "-o", str(tmp_path / "r.json"), "--perfetto", str(trace), "--", sys.executable, "-c", BURN],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    schedstat_ns = int(done.stdout.split()[-1])
+    result = json.loads((tmp_path / "r.json").read_text())
+    (pid,) = {r["pid"] for r in result["cpu"] if r["tid"]}
+    doc = json.loads(trace.read_text())
+    per_tid = check_trace_format(doc)
+    # Microseconds: the slices in the file sum to the on-CPU ns of the JSON / 1000.
+    total_us = sum(e["dur"] for e in per_tid[pid])
+    row = next(r for r in result["cpu"] if r["tid"] == pid)
+    assert total_us == pytest.approx(row["on_cpu_ns"] / 1000, rel=1e-6)
+    # ... and to what the kernel charged the process (its gate's start, untraced, aside).
+    assert total_us * 1000 == pytest.approx(schedstat_ns, rel=0.05), result["notes"]
+    assert all(e["args"]["cpu"] in (0, 1) for e in per_tid[pid])
+    wakeups = [e for e in doc["traceEvents"] if e["ph"] == "i" and e["tid"] == pid]
+    assert len(wakeups) >= 20  # one per sleep at least
+    meta = {e["args"].get("name", "") for e in doc["traceEvents"] if e["ph"] == "M"}
+    assert f"python {pid}" in {m.replace("python3", "python") for m in meta}
+    assert "CPUs" in meta and any(m.startswith("CPU ") for m in meta)
+
+
+def test_longest_waits_name_who_held_the_cpu(root: None, tmp_path: Path) -> None:
+    """Two busy loops pinned to CPU 0, tracing one: its waits are spent behind the other."""
+    procs = [_busy_pinned(0), _busy_pinned(0)]
+    trace = tmp_path / "pair.json"
+    try:
+        time.sleep(0.3)
+        rc, result, err = trace_json(
+            "cpu", "--backend", "tracefs", "--pid", str(procs[0].pid), "--duration", "2",
+            "--perfetto", str(trace),
+        )  # fmt: skip
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert rc == 0, err
+    row = next(r for r in result["cpu"] if r["tid"] == procs[0].pid)
+    total_wait = row["run_queue_latency"]["avg_ns"] * row["run_queue_latency"]["count"]
+    behind = {o["tid"]: o["ns"] for o in result["waited_behind"]}
+    # The CPU is never idle while it waits: the holders' time adds up to the waits.
+    assert sum(behind.values()) == pytest.approx(total_wait, rel=0.05)
+    # The other loop holds CPU 0 for a good part of the waits (not all: whatever else
+    # runs on this shared machine takes its turns too).
+    assert behind[procs[1].pid] >= 0.2 * total_wait
+    longest = result["longest_waits"]
+    assert len(longest) == 10
+    waits = [w["wait_ns"] for w in longest]
+    assert waits == sorted(waits, reverse=True) and waits[0] >= 1_000_000  # >= 1 ms slices
+    for w in longest:
+        assert w["tid"] == procs[0].pid and w["cpu"] == 0
+        assert sum(o["ns"] for o in w["ran"]) == pytest.approx(w["wait_ns"], rel=0.02)
+    doc = json.loads(trace.read_text())
+    per_tid = check_trace_format(doc)
+    cpu0 = [
+        e for e in doc["traceEvents"] if e["ph"] == "X" and e["args"].get("tid") == procs[1].pid
+    ]
+    assert cpu0 and procs[1].pid not in per_tid  # the other loop shows on the CPU track only

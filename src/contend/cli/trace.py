@@ -19,7 +19,7 @@ from contend.model import TraceResult
 from contend.monitors import MONITORS, TraceOptions, build_program, run_trace
 from contend.monitors.sampled import run_sampled
 from contend.monitors.tracefs_trace import check_available, run_tracefs
-from contend.render import trace_text
+from contend.render import perfetto, trace_text
 from contend.render.json import dumps
 from contend.target import (
     Target,
@@ -67,6 +67,11 @@ BACKENDS = ("auto", "bpftrace", "tracefs", "procfs")
 @click.option(
     "--print-program", is_flag=True, help="Print the generated bpftrace program and exit."
 )
+@click.option(
+    "--perfetto",
+    "perfetto_file",
+    help="tracefs: also write the cpu monitor's timeline as a Chrome trace (ui.perfetto.dev).",
+)
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -84,6 +89,7 @@ def command(
     interval: str | None,
     buffer_pages: str | None,
     print_program: bool,
+    perfetto_file: str | None,
 ) -> int:
     """Trace syscalls, cpu, process and/or io (or all) of a target; `-- CMD ARGS` launches
     CMD and traces it and its descendants from the start."""
@@ -136,13 +142,24 @@ def command(
     if print_program:
         click.echo(build_program(opts, initial_pids=(0,) if command_args else ()).text(), nl=False)
         return 0
+    if perfetto_file is not None:
+        if backend != "tracefs":
+            raise UsageError("--perfetto needs --backend tracefs (every scheduling event)")
+        if "cpu" not in chosen:
+            raise UsageError("--perfetto draws the cpu monitor's events: add the cpu monitor")
+        if not Path(perfetto_file).resolve().parent.is_dir():
+            raise UsageError(
+                f"--perfetto: directory {Path(perfetto_file).resolve().parent} does not exist"
+            )
     if backend == "tracefs":
         if events or every:
             flag = "--events" if events else "--interval"
             raise UsageError(f"{flag} needs the bpftrace backend")
         check_available()
-        result = run_tracefs(opts).result
-        return _emit(result, fmt, output)
+        run = run_tracefs(opts)
+        if perfetto_file is not None:
+            Path(perfetto_file).write_text(perfetto.render(run.timeline(), run.result.target))
+        return _emit(run.result, fmt, output)
     ok, why = bt.available()
     if backend == "bpftrace" and not ok:
         raise ContendError(f"--backend bpftrace: {why}")

@@ -11,9 +11,10 @@ Kernel facts used here:
   TASK_REPORT_MAX) is an involuntary switch and the start of a run-queue wait; a
   wakeup starts one too. A wait ends at the task's next switch-in.
 - On this project's VM kernel (6.18, Firecracker) ftrace never records a switch *from*
-  the idle task on CPU 1 (bpftrace sees it). A slice whose switch-in is missing after a
-  switch to idle is taken to start at the task's last wakeup (it cannot start before),
-  and the run-queue wait of that wakeup is then unknown: counted as such in `notes`.
+  the idle task on CPU 1 (bpftrace sees it). A slice whose switch-in is missing is taken
+  to start at the task's last wakeup, or its own last switch, or when the CPU went to
+  another task, whichever is latest (it cannot start before any of them); the wait
+  ending there is then counted as 0. How many slices were inferred is in `notes`.
 - task_newtask's clone_flags & CLONE_THREAD (0x00010000) tells a thread from a process.
 - The exit status is not in sched_process_exit: the code is the argument of exit_group
   (whole process) or exit (one thread), a fatal signal's number comes from
@@ -32,14 +33,20 @@ import numpy.typing as npt
 
 from contend.collect.tracefs import Capture, Columns
 from contend.model import (
+    CounterSample,
     CpuRow,
+    CpuSlice,
     FileRow,
     HistBucket,
     IoRow,
+    Occupant,
     PreemptorRow,
     ProcessEvent,
     RunQueueLatency,
     SyscallRow,
+    Timeline,
+    WaitRow,
+    Wakeup,
 )
 from contend.monitors import cpu as cpu_monitor
 from contend.monitors import io as io_monitor
@@ -183,7 +190,9 @@ def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
     a_next, b_prev = nxt[:-1], prev[1:]
     b_target = tasks.target_mask(b_prev) & same_cpu
     seen_in = b_target & (a_next == b_prev)
-    idle_gap = b_target & (a_next == 0) & (a_next != b_prev)
+    # A switch-out without its switch-in: from idle (unrecorded on this kernel), maybe
+    # after a chain of other tasks' switches that the pid filter did not record.
+    idle_gap = b_target & (a_next != b_prev)
     slice_tid = b_prev[seen_in]
     slice_start = ts[:-1][seen_in]
     slice_end = ts[1:][seen_in]
@@ -196,21 +205,34 @@ def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
     w_tid, w_ts = w_tid[keep], w_ts[keep]
 
     # Slices that began with an unrecorded switch from idle: from the last wakeup.
-    inf_tid = b_prev[idle_gap]
-    inf_lo = ts[:-1][idle_gap]
-    inf_end = ts[1:][idle_gap]
-    inf_cpu = cpu[1:][idle_gap]
+    # A CPU's first record may be such a switch-out too (the idle switch-in unrecorded).
+    first = np.r_[True, cpu[1:] != cpu[:-1]] if len(cpu) else np.zeros(0, bool)
+    first &= tasks.target_mask(prev)
+    inf_tid = np.concatenate([b_prev[idle_gap], prev[first]])
+    inf_lo = np.concatenate([ts[:-1][idle_gap], np.full(int(first.sum()), -1, np.int64)])
+    inf_end = np.concatenate([ts[1:][idle_gap], ts[first]])
+    inf_cpu = np.concatenate([cpu[1:][idle_gap], cpu[first]])
     inf_start = np.full(len(inf_tid), -1, dtype=np.int64)
     if len(inf_tid):
-        w_order = np.lexsort((w_ts, w_tid))
-        st, sts = w_tid[w_order], w_ts[w_order]
+        # The slice starts after the task's own previous switch (in or out, any CPU) and
+        # after the CPU went idle; at its wakeup if that came later.
+        own_tid = np.concatenate([prev, nxt, w_tid])
+        own_ts = np.concatenate([ts, ts, w_ts])
+        own_wake = np.concatenate([np.zeros(2 * len(ts), bool), np.ones(len(w_ts), bool)])
+        o = np.lexsort((own_ts, own_tid))
+        own_tid, own_ts, own_wake = own_tid[o], own_ts[o], own_wake[o]
         for i, (tid, lo, hi) in enumerate(
             zip(inf_tid.tolist(), inf_lo.tolist(), inf_end.tolist(), strict=True)
         ):
-            left, right = np.searchsorted(st, tid, "left"), np.searchsorted(st, tid, "right")
-            k = np.searchsorted(sts[left:right], hi, "right") - 1
-            if k >= 0:
-                inf_start[i] = max(int(sts[left + k]), lo)
+            left = int(np.searchsorted(own_tid, tid, "left"))
+            right = int(np.searchsorted(own_tid, tid, "right"))
+            stamps, wakes = own_ts[left:right], own_wake[left:right]
+            k = int(np.searchsorted(stamps, hi, "left")) - 1
+            switches = np.nonzero(~wakes[: k + 1])[0]
+            bound = max(lo, int(stamps[switches[-1]]) if len(switches) else -1)
+            woken = np.nonzero(wakes[: k + 1])[0]
+            wake_ts = int(stamps[woken[-1]]) if len(woken) else -1
+            inf_start[i] = wake_ts if wake_ts >= bound else bound
     found = inf_start >= 0
     tid_all = np.concatenate([slice_tid, inf_tid[found]])
     start_all = np.concatenate([slice_start, inf_start[found]])
@@ -576,3 +598,152 @@ def syscall_totals(calls: Calls, tasks: Tasks) -> list[tuple[int, str, int]]:
     return sorted(
         ((p, tasks.comm_of(p), n) for p, n in counts.items()), key=lambda r: (-r[2], r[0])
     )
+
+
+# --- the timeline: who held each CPU, who waited behind whom ------------------------------
+
+
+@dataclass
+class Occupancy:
+    """Per CPU, who held it and when (every recorded switch pair, plus the target slices
+    whose switch from idle went unrecorded), sorted by CPU then start."""
+
+    tid: I64
+    cpu: I64
+    start: I64
+    end: I64
+    names: dict[int, str]
+
+
+def occupancy(capture: Capture, slices: OnCpu) -> Occupancy:
+    sw = capture.get("sched_switch")
+    ts, cpu = _i64(sw, "ts"), _i64(sw, "cpu")
+    nxt = _i64(sw, "next_pid")
+    order = np.lexsort((ts, cpu))
+    ts, cpu, nxt = ts[order], cpu[order], nxt[order]
+    pair = (cpu[1:] == cpu[:-1]) & (nxt[:-1] != 0)
+    tid = np.concatenate(
+        [nxt[:-1][pair], slices.tid[-slices.inferred :] if slices.inferred else []]
+    )
+    start = np.concatenate(
+        [ts[:-1][pair], slices.start[-slices.inferred :] if slices.inferred else []]
+    )
+    end = np.concatenate([ts[1:][pair], slices.end[-slices.inferred :] if slices.inferred else []])
+    on = np.concatenate([cpu[1:][pair], slices.cpu[-slices.inferred :] if slices.inferred else []])
+    o = np.lexsort((start, on))
+    tid, on, start, end = tid[o], on[o], start[o], end[o]
+    # A task whose switch-out the pid filter did not record held the CPU at most until
+    # the next known holder came: clip, and drop what is left empty.
+    if len(start) > 1:
+        same = on[1:] == on[:-1]
+        end[:-1] = np.where(same, np.minimum(end[:-1], start[1:]), end[:-1])
+    keep = end > start
+    tid, on, start, end = tid[keep], on[keep], start[keep], end[keep]
+    names: dict[int, str] = {}
+    if sw:
+        for t, c in zip(_i64(sw, "next_pid").tolist(), sw["next_comm"].tolist(), strict=True):
+            names[t] = _comm(c)
+        for t, c in zip(_i64(sw, "prev_pid").tolist(), sw["prev_comm"].tolist(), strict=True):
+            names[t] = _comm(c)
+    return Occupancy(
+        tid.astype(np.int64), on.astype(np.int64), start.astype(np.int64),
+        end.astype(np.int64), names,
+    )  # fmt: skip
+
+
+def _held_during(occ: Occupancy, cpu: int, lo: int, hi: int, waiter: int) -> Counter[int]:
+    left = np.searchsorted(occ.cpu, cpu, "left")
+    right = np.searchsorted(occ.cpu, cpu, "right")
+    starts, ends = occ.start[left:right], occ.end[left:right]
+    i0 = int(np.searchsorted(ends, lo, "right"))
+    i1 = int(np.searchsorted(starts, hi, "left"))
+    held = Counter[int]()
+    for k in range(i0, i1):
+        tid = int(occ.tid[left + k])
+        if tid != waiter:
+            held[tid] += min(hi, int(ends[k])) - max(lo, int(starts[k]))
+    return held
+
+
+def waits_behind(
+    slices: OnCpu, occ: Occupancy, tasks: Tasks, top: int = 10
+) -> tuple[list[WaitRow], list[Occupant]]:
+    """The `top` longest waits with who held the CPU meanwhile, and who held the CPUs
+    over all the waits of target threads (the ones that pushed the target off)."""
+    wait = slices.wait_end - slices.wait_start
+    total = Counter[int]()
+    for tid, lo, hi, cpu in zip(
+        slices.wait_tid.tolist(), slices.wait_start.tolist(), slices.wait_end.tolist(),
+        slices.wait_cpu.tolist(), strict=True,
+    ):  # fmt: skip
+        total.update(_held_during(occ, cpu, lo, hi, tid))
+    rows = []
+    for i in np.argsort(-wait, kind="stable")[:top].tolist():
+        tid, cpu = int(slices.wait_tid[i]), int(slices.wait_cpu[i])
+        lo, hi = int(slices.wait_start[i]), int(slices.wait_end[i])
+        held = _held_during(occ, cpu, lo, hi, tid)
+        rows.append(
+            WaitRow(
+                ts_ns=lo,
+                pid=tasks.pid_of(tid),
+                tid=tid,
+                comm=tasks.comm_of(tid),
+                cpu=cpu,
+                wait_ns=hi - lo,
+                ran=tuple(Occupant(occ.names.get(t, ""), t, ns) for t, ns in held.most_common(5)),
+            )
+        )
+    behind = [Occupant(occ.names.get(t, ""), t, ns) for t, ns in total.most_common(10)]
+    return rows, behind
+
+
+def build_timeline(capture: Capture, tasks: Tasks, slices: OnCpu, occ: Occupancy) -> Timeline:
+    tids = sorted(set(slices.tid.tolist()))
+    threads = tuple((tasks.pid_of(t), t, tasks.comm_of(t)) for t in tids)
+    pid_of = {t: p for p, t, _ in threads}
+    on = tuple(
+        CpuSlice(pid_of[t], t, c, s, e)
+        for t, c, s, e in zip(
+            slices.tid.tolist(),
+            slices.cpu.tolist(),
+            slices.start.tolist(),
+            slices.end.tolist(),
+            strict=True,
+        )
+    )
+    wakeups = []
+    for name in ("sched_wakeup", "sched_wakeup_new"):
+        w = capture.get(name)
+        for ts, tid, waker, cpu in zip(
+            _i64(w, "ts").tolist(), _i64(w, "pid").tolist(), _i64(w, "common_pid").tolist(),
+            _i64(w, "target_cpu").tolist(), strict=True,
+        ):  # fmt: skip
+            if tasks.is_target(tid):
+                wakeups.append(Wakeup(ts, tasks.pid_of(tid), tid, waker, cpu))
+    wakeups.sort(key=lambda w: w.ts_ns)
+    cpu_slices = tuple(
+        CpuSlice(0, t, c, s, e)
+        for t, c, s, e in zip(
+            occ.tid.tolist(), occ.cpu.tolist(), occ.start.tolist(), occ.end.tolist(), strict=True
+        )
+    )
+    # Target threads waiting per CPU: +1 when a wait starts, -1 when it ends (charged to
+    # the CPU the thread then ran on).
+    stamps = np.concatenate([slices.wait_start, slices.wait_end])
+    cpus = np.concatenate([slices.wait_cpu, slices.wait_cpu])
+    step = np.concatenate(
+        [np.ones(len(slices.wait_start), np.int64), -np.ones(len(slices.wait_end), np.int64)]
+    )
+    o = np.lexsort((step, stamps, cpus))
+    stamps, cpus, step = stamps[o], cpus[o], step[o]
+    runnable = []
+    for cpu in np.unique(cpus).tolist():
+        mine = cpus == cpu
+        level = np.cumsum(step[mine])
+        runnable += [
+            CounterSample(t, cpu, v)
+            for t, v in zip(stamps[mine].tolist(), level.tolist(), strict=True)
+        ]
+    names = dict(occ.names)
+    names.update({t: c for _, t, c in threads})
+    return Timeline(threads, on, tuple(wakeups), cpu_slices, names, tuple(runnable))

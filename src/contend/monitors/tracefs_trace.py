@@ -27,10 +27,13 @@ from contend.model import (
     CpuRow,
     FileRow,
     IoRow,
+    Occupant,
     Overhead,
     PreemptorRow,
     SyscallRow,
+    Timeline,
     TraceResult,
+    WaitRow,
 )
 from contend.monitors import MONITORS, TraceOptions, thread_owner
 from contend.monitors import timeline as tl
@@ -80,6 +83,13 @@ class TracefsRun:
     capture: tf.Capture
     tasks: tl.Tasks
     slices: tl.OnCpu | None
+    occupancy: tl.Occupancy | None = None
+
+    def timeline(self) -> Timeline:
+        """The cpu monitor's events as a timeline (needs the cpu monitor)."""
+        if self.slices is None or self.occupancy is None:
+            raise ContendError("the timeline needs the cpu monitor")
+        return tl.build_timeline(self.capture, self.tasks, self.slices, self.occupancy)
 
 
 def _initial(opts: TraceOptions, launched: Launched | None, fs: ProcFS) -> dict[int, int] | None:
@@ -224,11 +234,16 @@ def analyse(
         else []
     )
     slices = None
+    occ = None
+    longest: list[WaitRow] = []
+    behind: list[Occupant] = []
     cpu_rows: list[CpuRow] = []
     preempt: list[PreemptorRow] = []
     if "cpu" in chosen:
         slices = tl.on_cpu(capture, tasks)
         cpu_rows, preempt = tl.cpu_rows(capture, tasks, slices)
+        occ = tl.occupancy(capture, slices)
+        longest, behind = tl.waits_behind(slices, occ, tasks)
         if slices.inferred:
             notes.append(
                 f"cpu: {slices.inferred} slices began with a switch from idle that this "
@@ -265,8 +280,11 @@ def analyse(
         files=tuple(file_rows),
         notes=tuple(notes),
         syscall_latency="exact",
+        lost_by_cpu=tuple(capture.lost_by_cpu[c] for c in sorted(capture.lost_by_cpu)),
+        longest_waits=tuple(longest),
+        waited_behind=tuple(behind),
     )
-    return TracefsRun(result, capture, tasks, slices)
+    return TracefsRun(result, capture, tasks, slices, occ)
 
 
 def tl_totals(rows: list[SyscallRow]) -> list[tuple[int, str, int]]:
