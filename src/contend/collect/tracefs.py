@@ -26,6 +26,7 @@ import os
 import re
 import struct
 import time
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,14 +216,15 @@ class Records:
 
 def walk_pages(
     pages: Sequence[bytes], header: PageHeader, ev: EventHeader = EventHeader()
-) -> tuple[bytes, list[int], list[int], list[int]]:
+) -> tuple[bytes, array[int], array[int], array[int]]:
     """The serial part: walk each page's record headers. Returns the pages joined, and
     per data record its byte offset in them, its timestamp and the page's index."""
     joined = b"".join(pages)
     words = memoryview(joined).cast("I")
-    offsets: list[int] = []
-    stamps: list[int] = []
-    page_of: list[int] = []
+    # array('q') appends as fast as a list and hands numpy its buffer without a copy.
+    offsets = array("q")
+    stamps = array("q")
+    page_of = array("q")
     add_off, add_ts, add_page = offsets.append, stamps.append, page_of.append
     ts_off, commit_off, data_off = header.timestamp.offset, header.commit.offset, header.data.offset
     commit_fmt = "<q" if header.commit.size == 8 else "<i"
@@ -280,20 +282,17 @@ def decode(
     """Pages (one CPU each, ``cpus[i]``) to records; fields are then gathered with numpy."""
     joined, offsets, stamps, page_of = walk_pages(pages, header, ev)
     buf = np.frombuffer(joined, dtype=np.uint8)
-    off = np.array(offsets, dtype=np.int64)
-    type_id = (
-        buf[off[:, None] + np.arange(2)].copy().view("<u2").ravel()
-        if len(off)
-        else np.zeros(0, np.uint16)
-    )
+    off = np.frombuffer(offsets, dtype=np.int64) if len(offsets) else np.zeros(0, np.int64)
+    # common_type: the low half of each record's first (4-byte aligned) word.
+    type_id = (buf[: len(buf) // 4 * 4].view("<u4")[off // 4] & 0xFFFF).astype(np.uint16)
     return Records(
         buf=buf,
         offset=off,
-        ts=np.array(stamps, dtype=np.int64),
-        cpu=np.array(cpus, dtype=np.int16)[np.array(page_of, dtype=np.int64)]
+        ts=np.frombuffer(stamps, dtype=np.int64) if len(stamps) else np.zeros(0, np.int64),
+        cpu=np.array(cpus, dtype=np.int16)[np.frombuffer(page_of, dtype=np.int64)]
         if len(off)
         else np.zeros(0, np.int16),
-        type_id=type_id.astype(np.uint16),
+        type_id=type_id,
     )
 
 
@@ -349,17 +348,37 @@ def element(fmt: EventFormat, name: str) -> Field:
 
 def columns(records: Records, fmt: EventFormat, names: Iterable[str]) -> Columns:
     """The records of one event, as columns: ts, cpu, common_pid and the named fields,
-    merged across CPUs in time order (a stable sort keeps each CPU's own order)."""
+    merged across CPUs in time order (a stable sort keeps each CPU's own order).
+
+    One gather per event: each record's words (records are 4-byte aligned) into an
+    (N x words) array, viewed as a structured type built from the format's offsets;
+    a field is then a strided view of it."""
     picked = np.nonzero(records.type_id == fmt.id)[0]
     picked = picked[np.argsort(records.ts[picked], kind="stable")]
     offsets = records.offset[picked]
     out: Columns = {"ts": records.ts[picked], "cpu": records.cpu[picked]}
-    for name in ("common_pid", *names):
-        f = element(fmt, name)
+    wanted = [element(fmt, name) for name in ("common_pid", *names)]
+    plain = [f for f in wanted if not f.data_loc]
+    if plain:
+        nwords = -(-max(f.offset + f.size for f in plain) // 4)
+        words = records.buf[: len(records.buf) // 4 * 4].view("<u4")
+        if len(offsets) and int(offsets.max()) // 4 + nwords > len(words):
+            words = np.concatenate([words, np.zeros(nwords, "<u4")])
+        rows = words[(offsets // 4)[:, None] + np.arange(nwords)]
+        layout = np.dtype(
+            {
+                "names": [f.name for f in plain],
+                "formats": [_dtype(f) for f in plain],
+                "offsets": [f.offset for f in plain],
+                "itemsize": nwords * 4,
+            }
+        )
+        table = rows.view(layout).ravel()
+        for f in plain:
+            out[f.name] = np.ascontiguousarray(table[f.name])
+    for f in wanted:
         if f.data_loc:
-            out[name] = np.array(data_loc_strings(records.buf, offsets, f), dtype=object)
-        else:
-            out[name] = gather(records.buf, offsets, f)
+            out[f.name] = np.array(data_loc_strings(records.buf, offsets, f), dtype=object)
     return out
 
 
@@ -588,12 +607,15 @@ class Instance:
         end = self.stats()
         return {cpu: lost_between(self.stats_start.get(cpu, {}), s) for cpu, s in end.items()}
 
-    def read_pages(self, max_pages_per_cpu: int = 1 << 20) -> tuple[list[bytes], list[int]]:
+    def read_pages(self, max_pages_per_cpu: int | None = None) -> tuple[list[bytes], list[int]]:
         """What is in the buffers now: whole pages, and the last one partly filled. Never
         blocks (O_NONBLOCK): the caller sleeps between batches, so that reading does not
-        wake per event and trace itself."""
+        wake per event and trace itself. At most one buffer's worth per CPU per call, so
+        a producer faster than the reader cannot keep it here forever."""
         assert self.header is not None
         size = self.header.page_size
+        if max_pages_per_cpu is None:
+            max_pages_per_cpu = max(1, self.buffer_kb * 1024 // size)
         pages: list[bytes] = []
         cpus: list[int] = []
         for cpu, fd in self._fds.items():

@@ -215,24 +215,29 @@ def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
     inf_start = np.full(len(inf_tid), -1, dtype=np.int64)
     if len(inf_tid):
         # The slice starts after the task's own previous switch (in or out, any CPU) and
-        # after the CPU went idle; at its wakeup if that came later.
-        own_tid = np.concatenate([prev, nxt, w_tid])
-        own_ts = np.concatenate([ts, ts, w_ts])
-        own_wake = np.concatenate([np.zeros(2 * len(ts), bool), np.ones(len(w_ts), bool)])
-        o = np.lexsort((own_ts, own_tid))
-        own_tid, own_ts, own_wake = own_tid[o], own_ts[o], own_wake[o]
-        for i, (tid, lo, hi) in enumerate(
-            zip(inf_tid.tolist(), inf_lo.tolist(), inf_end.tolist(), strict=True)
-        ):
-            left = int(np.searchsorted(own_tid, tid, "left"))
-            right = int(np.searchsorted(own_tid, tid, "right"))
-            stamps, wakes = own_ts[left:right], own_wake[left:right]
-            k = int(np.searchsorted(stamps, hi, "left")) - 1
-            switches = np.nonzero(~wakes[: k + 1])[0]
-            bound = max(lo, int(stamps[switches[-1]]) if len(switches) else -1)
-            woken = np.nonzero(wakes[: k + 1])[0]
-            wake_ts = int(stamps[woken[-1]]) if len(woken) else -1
-            inf_start[i] = wake_ts if wake_ts >= bound else bound
+        # after the CPU went to another task; at its wakeup if that came later. All at
+        # once: the queries sorted in with the task's own events (a query first on a tie:
+        # strictly before), the last switch and last wakeup carried forward.
+        n_q = len(inf_tid)
+        all_tid = np.concatenate([inf_tid, prev, nxt, w_tid])
+        all_ts = np.concatenate([inf_end, ts, ts, w_ts])
+        kind = np.concatenate(
+            [np.zeros(n_q, np.int64), np.ones(2 * len(ts), np.int64), np.full(len(w_ts), 2)]
+        )
+        o = np.lexsort((kind, all_ts, all_tid))
+        all_tid, all_ts, kind = all_tid[o], all_ts[o], kind[o]
+        idx = np.arange(len(o))
+        last_switch = np.maximum.accumulate(np.where(kind == 1, idx, -1))
+        last_wake = np.maximum.accumulate(np.where(kind == 2, idx, -1))
+        q_pos = np.nonzero(kind == 0)[0]
+        q_index = o[q_pos]  # which query
+        ls, lw = last_switch[q_pos], last_wake[q_pos]
+        sw_ts = np.where((ls >= 0) & (all_tid[np.maximum(ls, 0)] == all_tid[q_pos]),
+                         all_ts[np.maximum(ls, 0)], -1)  # fmt: skip
+        wk_ts = np.where((lw >= 0) & (all_tid[np.maximum(lw, 0)] == all_tid[q_pos]),
+                         all_ts[np.maximum(lw, 0)], -1)  # fmt: skip
+        bound = np.maximum(inf_lo[q_index], sw_ts)
+        inf_start[q_index] = np.where(wk_ts >= bound, wk_ts, bound)
     found = inf_start >= 0
     tid_all = np.concatenate([slice_tid, inf_tid[found]])
     start_all = np.concatenate([slice_start, inf_start[found]])
@@ -278,6 +283,15 @@ def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
     )
 
 
+def _sum_by(keys: I64, values: I64) -> Counter[int]:
+    """Sum of `values` per key, vectorised."""
+    if len(keys) == 0:
+        return Counter()
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    sums = np.bincount(inverse, weights=values.astype(np.float64))
+    return Counter(dict(zip(uniq.tolist(), np.rint(sums).astype(np.int64).tolist(), strict=True)))
+
+
 def cpu_rows(
     capture: Capture, tasks: Tasks, slices: OnCpu
 ) -> tuple[list[CpuRow], list[PreemptorRow]]:
@@ -285,23 +299,20 @@ def cpu_rows(
     prev, nxt, state = _i64(sw, "prev_pid"), _i64(sw, "next_pid"), _i64(sw, "prev_state")
     out_target = tasks.target_mask(prev)
     invol_mask = out_target & ((state & 0xFF) == 0)
-    vol = Counter(prev[out_target & ~invol_mask].tolist())
-    invol = Counter(prev[invol_mask].tolist())
+    vol = _sum_by(
+        prev[out_target & ~invol_mask], np.ones(int((out_target & ~invol_mask).sum()), np.int64)
+    )
+    invol = _sum_by(prev[invol_mask], np.ones(int(invol_mask.sum()), np.int64))
     wake = [capture.get("sched_wakeup"), capture.get("sched_wakeup_new")]
     w_tid = np.concatenate([_i64(w, "pid") for w in wake])
-    wakeups = Counter(w_tid[tasks.target_mask(w_tid)].tolist())
+    w_mask = tasks.target_mask(w_tid)
+    wakeups = _sum_by(w_tid[w_mask], np.ones(int(w_mask.sum()), np.int64))
     dur = slices.end - slices.start
-    on_ns = Counter[int]()
-    n_slices = Counter[int]()
-    for tid, d in zip(slices.tid.tolist(), dur.tolist(), strict=True):
-        on_ns[tid] += d
-        n_slices[tid] += 1
+    on_ns = _sum_by(slices.tid, dur)
+    n_slices = _sum_by(slices.tid, np.ones(len(dur), np.int64))
     wait = slices.wait_end - slices.wait_start
-    rq_n = Counter[int]()
-    rq_sum = Counter[int]()
-    for tid, d in zip(slices.wait_tid.tolist(), wait.tolist(), strict=True):
-        rq_n[tid] += 1
-        rq_sum[tid] += d
+    rq_n = _sum_by(slices.wait_tid, np.ones(len(wait), np.int64))
+    rq_sum = _sum_by(slices.wait_tid, wait)
     tids = set(on_ns) | set(vol) | set(invol) | set(wakeups) | set(rq_n)
     rows = []
     for tid in tids:
@@ -641,10 +652,12 @@ def occupancy(capture: Capture, slices: OnCpu) -> Occupancy:
     tid, on, start, end = tid[keep], on[keep], start[keep], end[keep]
     names: dict[int, str] = {}
     if sw:
-        for t, c in zip(_i64(sw, "next_pid").tolist(), sw["next_comm"].tolist(), strict=True):
-            names[t] = _comm(c)
-        for t, c in zip(_i64(sw, "prev_pid").tolist(), sw["prev_comm"].tolist(), strict=True):
-            names[t] = _comm(c)
+        # The last name each task had (next side, then prev side over it).
+        for pid_col, comm_col in (("next_pid", "next_comm"), ("prev_pid", "prev_comm")):
+            tids = _i64(sw, pid_col)[::-1]
+            uniq, first = np.unique(tids, return_index=True)
+            comms = sw[comm_col][::-1][first]
+            names.update(zip(uniq.tolist(), (_comm(c) for c in comms.tolist()), strict=True))
     return Occupancy(
         tid.astype(np.int64), on.astype(np.int64), start.astype(np.int64),
         end.astype(np.int64), names,
@@ -671,12 +684,28 @@ def waits_behind(
     """The `top` longest waits with who held the CPU meanwhile, and who held the CPUs
     over all the waits of target threads (the ones that pushed the target off)."""
     wait = slices.wait_end - slices.wait_start
+    # Over all waits: per CPU, W(t) = target threads waiting for it; a holder's share is
+    # the integral of W over its interval (F(end) - F(start), F the integral of W).
     total = Counter[int]()
-    for tid, lo, hi, cpu in zip(
-        slices.wait_tid.tolist(), slices.wait_start.tolist(), slices.wait_end.tolist(),
-        slices.wait_cpu.tolist(), strict=True,
-    ):  # fmt: skip
-        total.update(_held_during(occ, cpu, lo, hi, tid))
+    for cpu in np.unique(slices.wait_cpu).tolist():
+        mine = slices.wait_cpu == cpu
+        t = np.concatenate([slices.wait_start[mine], slices.wait_end[mine]])
+        step = np.concatenate(
+            [np.ones(int(mine.sum()), np.int64), -np.ones(int(mine.sum()), np.int64)]
+        )
+        o = np.argsort(t, kind="stable")
+        t, level = t[o], np.cumsum(step[o])
+        area = np.r_[0, np.cumsum(level[:-1] * np.diff(t))]  # F at each t
+
+        def integral(x: I64, t: I64 = t, level: I64 = level, area: I64 = area) -> I64:
+            k = np.searchsorted(t, x, "right") - 1
+            safe = np.maximum(k, 0)
+            return np.where(k >= 0, area[safe] + level[safe] * (x - t[safe]), 0)
+
+        held = occ.cpu == cpu
+        share = integral(occ.end[held]) - integral(occ.start[held])
+        total.update(_sum_by(occ.tid[held], share))
+    total = Counter({tid: ns for tid, ns in total.items() if ns > 0})
     rows = []
     for i in np.argsort(-wait, kind="stable")[:top].tolist():
         tid, cpu = int(slices.wait_tid[i]), int(slices.wait_cpu[i])
