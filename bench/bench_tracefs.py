@@ -184,6 +184,7 @@ def bench_rate(rate: float, seconds: float) -> dict[str, object]:
             "tracer_cpu_s": cpu_s,
             "core_pct": 100 * cpu_s / result["duration_s"],
             "lost": result["lost_events"],
+            "split": next(n for n in result["notes"] if n.startswith("tracefs: tracer CPU")),
         }
         if shutil.which("perf"):
             with tempfile.TemporaryDirectory() as tmp:
@@ -220,11 +221,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=2_000_000)
     ap.add_argument("--analyse", type=int, default=10_000_000)
-    ap.add_argument("--rate", type=float, default=12_000, help="ping-pong round trips/s")
+    ap.add_argument("--rate", type=float, default=20_000, help="ping-pong round trips/s")
+    ap.add_argument("--only-rate", action="store_true", help="skip decoding and analysis")
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_tracefs: run as root")
+    if args.only_rate:
+        report_rate(args.rate, args.seconds)
+        return
     pages, cpus, header, fmt = capture(1.0)
     per_copy = len(tf.walk_pages(pages, header)[1])
     print(f"captured {len(pages)} pages, {per_copy} sched_switch records")
@@ -246,12 +251,16 @@ def main() -> None:
           f"longest waits + who held the CPU {a['waits_s']:.1f} s, "
           f"total {a['decode_s'] + a['analyse_s'] + a['waits_s']:.1f} s")  # fmt: skip
 
-    r = bench_rate(args.rate, args.seconds)
+    report_rate(args.rate, args.seconds)
+
+
+def report_rate(rate: float, seconds: float) -> None:
+    r = bench_rate(rate, seconds)
     c = r["contend"]
     assert isinstance(c, dict)
-    print(f"\n== at the lab's rate: ping-pong, {args.seconds:.0f} s ==")
+    print(f"\n== at the lab's rate: ping-pong, {seconds:.0f} s ==")
     print(f"  contend tracefs: {c['events_per_s']:,.0f} events/s, tracer CPU {c['tracer_cpu_s']:.2f} s"
-          f" = {c['core_pct']:.1f}% of one core, {c['lost']} lost")  # fmt: skip
+          f" = {c['core_pct']:.1f}% of one core, {c['lost']} lost ({c['split']})")  # fmt: skip
     p = r.get("perf")
     if isinstance(p, dict):
         print(f"  perf sched record -a: CPU {p['record_cpu_s']:.2f} s = {p['core_pct']:.1f}% of one "

@@ -331,6 +331,7 @@ def data_loc_strings(
 
 
 Columns = dict[str, npt.NDArray[np.generic]]
+_CHUNK = 16384  # records per gather
 
 
 def element(fmt: EventFormat, name: str) -> Field:
@@ -364,7 +365,6 @@ def columns(records: Records, fmt: EventFormat, names: Iterable[str]) -> Columns
         words = records.buf[: len(records.buf) // 4 * 4].view("<u4")
         if len(offsets) and int(offsets.max()) // 4 + nwords > len(words):
             words = np.concatenate([words, np.zeros(nwords, "<u4")])
-        rows = words[(offsets // 4)[:, None] + np.arange(nwords)]
         layout = np.dtype(
             {
                 "names": [f.name for f in plain],
@@ -373,9 +373,15 @@ def columns(records: Records, fmt: EventFormat, names: Iterable[str]) -> Columns
                 "itemsize": nwords * 4,
             }
         )
-        table = rows.view(layout).ravel()
         for f in plain:
-            out[f.name] = np.ascontiguousarray(table[f.name])
+            out[f.name] = np.empty(len(offsets), dtype=_dtype(f))
+        span = np.arange(nwords)
+        # In chunks: the (chunk x words) index and rows stay in cache.
+        for lo in range(0, len(offsets), _CHUNK):
+            part = offsets[lo : lo + _CHUNK] // 4
+            table = words[part[:, None] + span].view(layout).ravel()
+            for f in plain:
+                out[f.name][lo : lo + len(part)] = table[f.name]
     for f in wanted:
         if f.data_loc:
             out[f.name] = np.array(data_loc_strings(records.buf, offsets, f), dtype=object)

@@ -177,6 +177,7 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
             notes.append("stopped by a signal before the end")
         ended = time.monotonic()
         capture = tracer.finish()
+        reading_cpu_s = time.process_time() - cpu0
     finally:
         tracer.close()
         if launched is not None:
@@ -199,6 +200,10 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
     )
     run = analyse(opts.monitors, capture, tasks, paths, machine)
     cpu_s = time.process_time() - cpu0
+    notes.append(
+        f"tracefs: tracer CPU {reading_cpu_s:.2f} s setting up, reading and decoding, "
+        f"{cpu_s - reading_cpu_s:.2f} s analysing"
+    )
     if opts.target.system_wide:
         notes.append("no target given: the whole system was traced")
     if opts.target.comm is not None:
