@@ -369,3 +369,51 @@ def test_longest_waits_name_who_held_the_cpu(root: None, tmp_path: Path) -> None
         e for e in doc["traceEvents"] if e["ph"] == "X" and e["args"].get("tid") == procs[1].pid
     ]
     assert cpu0 and procs[1].pid not in per_tid  # the other loop shows on the CPU track only
+
+
+# --- session files: record now, report later --------------------------------------------
+
+
+def test_record_then_report_gives_the_same_result(root: None, tmp_path: Path) -> None:
+    session = tmp_path / "known.session"
+    done = subprocess.run(
+        [*contend_command(), "record", "-o", str(session), "--", sys.executable, "-c", KNOWN],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 42, done.stderr
+    assert "0 lost" in done.stdout and session.stat().st_size < 200_000
+    report = subprocess.run(
+        [*contend_command(), "report", str(session), "--format", "json",
+         "--perfetto", str(tmp_path / "p.json")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    result = json.loads(report.stdout)
+    assert result["backend"] == "tracefs" and result["monitors"] == [
+        "syscalls", "cpu", "process", "io"]  # fmt: skip
+    assert exact_counts(result)["getsid"] == (1234, 0)
+    assert exact_counts(result)["writes"] == (500, 500 * 37)
+    assert exact_counts(result)["child_exits"] == [(0, 9), (3, 0), (5, 0), (7, 0)]
+    assert exact_counts(result)["main_exit"] == [(42, 0)] and result["exit_status"] == 42
+    check_trace_format(json.loads((tmp_path / "p.json").read_text()))
+    # The same file analysed twice gives the same document.
+    again = subprocess.run(
+        [*contend_command(), "report", str(session), "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert json.loads(again.stdout) == result
+
+
+def test_report_refuses_what_is_not_a_session(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.session"
+    bogus.write_text("not a zip")
+    done = subprocess.run(
+        [*contend_command(), "report", str(bogus)], capture_output=True, text=True
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "not a contend session file" in done.stderr
+    done = subprocess.run(
+        [*contend_command(), "report", str(bogus), "--format", "xml"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2 and "not text or json" in done.stderr

@@ -84,6 +84,7 @@ class TracefsRun:
     tasks: tl.Tasks
     slices: tl.OnCpu | None
     occupancy: tl.Occupancy | None = None
+    paths: dict[tuple[int, int], str] = dataclasses.field(default_factory=dict)
 
     def timeline(self) -> Timeline:
         """The cpu monitor's events as a timeline (needs the cpu monitor)."""
@@ -210,6 +211,7 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
         notes.append(
             "tracefs: --comm follows the processes of that name at the start and their children"
         )
+    run.paths = paths
     run.result = dataclasses.replace(
         run.result,
         target=opts.target.describe(),
