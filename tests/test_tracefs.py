@@ -183,6 +183,7 @@ def instances() -> set[str]:
     return set(os.listdir(tf.TRACEFS / "instances"))
 
 
+@pytest.mark.kernel
 def test_instance_is_created_and_given_back(root_tracefs: None) -> None:
     before = instances()
     with tf.Instance(buffer_kb=256) as inst:
@@ -195,6 +196,7 @@ def test_instance_is_created_and_given_back(root_tracefs: None) -> None:
     assert instances() == before
 
 
+@pytest.mark.kernel
 def test_reclaim_removes_dead_owners_only(root_tracefs: None) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -214,6 +216,7 @@ def test_reclaim_removes_dead_owners_only(root_tracefs: None) -> None:
             os.rmdir(tf.TRACEFS / "instances" / name)
 
 
+@pytest.mark.kernel
 def test_exact_syscall_count_of_a_followed_command(root_tracefs: None) -> None:
     """1234 getsid calls of a command held at the gate until tracing runs: all 1234
     recorded (set_event_pid + event-fork, raw_syscalls filtered to getsid by number)."""
@@ -242,6 +245,7 @@ def test_exact_syscall_count_of_a_followed_command(root_tracefs: None) -> None:
     assert before <= int(enter["ts"][0]) <= int(enter["ts"][-1]) <= after
 
 
+@pytest.mark.kernel
 def test_a_small_buffer_loses_events_and_says_so(root_tracefs: None) -> None:
     """A 64 KiB buffer not read during 200k getsid calls: most records are dropped, and
     the stats say how many (dropped + read = what was produced)."""
@@ -261,6 +265,7 @@ def test_a_small_buffer_loses_events_and_says_so(root_tracefs: None) -> None:
     assert got + capture.lost_events == 200000
 
 
+@pytest.mark.kernel
 def test_nothing_is_left_after_an_exception(root_tracefs: None) -> None:
     before = instances()
     with pytest.raises(ContendError, match="no event"), tf.Instance(buffer_kb=64) as inst:

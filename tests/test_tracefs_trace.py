@@ -20,6 +20,7 @@ from conftest import contend_command, need
 from contend.collect.procfs import ProcFS
 from test_trace import KNOWN, _busy_pinned, trace_json
 
+pytestmark = pytest.mark.kernel
 INSTANCES = Path("/sys/kernel/tracing/instances")
 
 
