@@ -10,6 +10,8 @@ JSON schemas, with their changelog:
   `diagnosis` (ranked causes with their numbers), `series` (per-sample CPU, throttling
   and PSI), `latencies_ms` (every request) and `histograms`; `unlimited` arms; the
   result gains `comparisons` (baseline vs each other arm: effect sizes, tests).
+- ``contend.trace/1``: additive fields of the tracefs backend: ``lost_by_cpu``,
+  ``longest_waits``, ``waited_behind`` (empty lists from the other backends).
 """
 
 from __future__ import annotations
@@ -616,6 +618,29 @@ class Overhead:
 
 
 @dataclass(frozen=True, slots=True)
+class Occupant:
+    """A task that held a CPU while a target thread waited for it (tracefs backend)."""
+
+    comm: str
+    tid: int
+    ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitRow:
+    """One run-queue wait of a target thread: runnable at `ts_ns`, on CPU `cpu` after
+    `wait_ns`; who ran on that CPU meanwhile (longest first)."""
+
+    ts_ns: int  # CLOCK_MONOTONIC
+    pid: int
+    tid: int
+    comm: str
+    cpu: int
+    wait_ns: int
+    ran: tuple[Occupant, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TraceResult:
     backend: str
     target: str
@@ -634,6 +659,11 @@ class TraceResult:
     notes: tuple[str, ...] = ()
     exit_status: int | None = None
     syscall_latency: str = "exact"  # or "sampled 1/16": counts and errors stay exact
+    # tracefs backend only (empty elsewhere): records lost per CPU, the longest run-queue
+    # waits of target threads with who held the CPU, and who held it over all waits.
+    lost_by_cpu: tuple[int, ...] = ()
+    longest_waits: tuple[WaitRow, ...] = ()
+    waited_behind: tuple[Occupant, ...] = ()
     schema: str = SCHEMA_TRACE
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -687,3 +717,46 @@ class AggregationSpec:
     key_kinds: tuple[str, ...]
     order: int
     lquantize: tuple[int, int, int] | None = None  # (lo, hi, step)
+
+
+# --- the timeline (tracefs backend; rendered as a Chrome/Perfetto trace) -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSlice:
+    """A task on a CPU from `start_ns` to `end_ns` (CLOCK_MONOTONIC)."""
+
+    pid: int
+    tid: int
+    cpu: int
+    start_ns: int
+    end_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wakeup:
+    ts_ns: int
+    pid: int
+    tid: int
+    waker_tid: int
+    cpu: int
+
+
+@dataclass(frozen=True, slots=True)
+class CounterSample:
+    ts_ns: int
+    cpu: int
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """What a person looks at: each target thread's slices, its wakeups, who held each
+    CPU (`cpu_slices`, named by `names[tid]`) and the target threads waiting per CPU."""
+
+    threads: tuple[tuple[int, int, str], ...]  # (pid, tid, comm) of the target threads
+    slices: tuple[CpuSlice, ...]
+    wakeups: tuple[Wakeup, ...]
+    cpu_slices: tuple[CpuSlice, ...]
+    names: dict[int, str]
+    runnable: tuple[CounterSample, ...]

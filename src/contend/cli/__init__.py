@@ -14,7 +14,7 @@ import types
 import click
 
 from contend import __version__
-from contend.cli import compare, doctor, dtrace, image, lab, trace
+from contend.cli import compare, doctor, dtrace, image, lab, session, trace
 from contend.errors import (
     EXIT_ERROR,
     EXIT_SIGINT,
@@ -38,6 +38,8 @@ cli.add_command(trace.command)
 cli.add_command(dtrace.command)
 cli.add_command(compare.command)
 cli.add_command(image.command)
+cli.add_command(session.record)
+cli.add_command(session.report)
 
 
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     set_comm("contend")
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     args = list(sys.argv[1:] if argv is None else argv)
-    # `contend trace ... -- CMD ARGS`: the command is not click's to parse.
+    # `contend trace|record ... -- CMD ARGS`: the command is not click's to parse.
     command: list[str] = []
     if "--" in args:
         split = args.index("--")

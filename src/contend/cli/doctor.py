@@ -9,13 +9,32 @@ import click
 from rich.table import Table
 
 from contend.cli.console import stdout_console
-from contend.collect import checks, choose_backend
+from contend.collect import checks, choose_backend, tracefs
+from contend.errors import PermissionNeeded
 
 
 @click.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-def command(as_json: bool) -> int:
+@click.option(
+    "--cleanup",
+    is_flag=True,
+    help="Remove tracefs instances left by contend runs that were killed (SIGKILL).",
+)
+def command(as_json: bool, cleanup: bool) -> int:
     """Check root, cgroups, PSI, schedstat, tracefs and bpftrace; pick a backend."""
+    if cleanup:
+        ok, why = tracefs.available()
+        if not ok:
+            raise PermissionNeeded(f"--cleanup: {why}")
+        removed = tracefs.reclaim()
+        if removed:
+            click.echo(
+                f"removed {len(removed)} tracefs instance(s) of dead contend runs: "
+                + ", ".join(removed)
+            )
+        else:
+            click.echo("no tracefs instances of dead contend runs")
+        return 0
     results = checks()
     backend, reason = choose_backend()
     if as_json:

@@ -18,7 +18,8 @@ from contend.errors import ContendError, UsageError
 from contend.model import TraceResult
 from contend.monitors import MONITORS, TraceOptions, build_program, run_trace
 from contend.monitors.sampled import run_sampled
-from contend.render import trace_text
+from contend.monitors.tracefs_trace import check_available, run_tracefs
+from contend.render import perfetto, trace_text
 from contend.render.json import dumps
 from contend.target import (
     Target,
@@ -28,7 +29,7 @@ from contend.target import (
     validate_container,
 )
 
-BACKENDS = ("auto", "bpftrace", "procfs")
+BACKENDS = ("auto", "bpftrace", "tracefs", "procfs")
 
 
 @click.command("trace")
@@ -43,7 +44,10 @@ BACKENDS = ("auto", "bpftrace", "procfs")
     "--duration", help="Stop after this many seconds (default: Ctrl-C or the command's exit)."
 )
 @click.option(
-    "--backend", default="auto", show_default=True, help="bpftrace, procfs (no root) or auto."
+    "--backend",
+    default="auto",
+    show_default=True,
+    help="bpftrace, tracefs (every event, root), procfs (no root) or auto.",
 )
 @click.option("--format", "fmt", default="text", show_default=True, help="text or json.")
 @click.option("-o", "--output", help="Write the result to this file instead of stdout.")
@@ -57,10 +61,16 @@ BACKENDS = ("auto", "bpftrace", "procfs")
 @click.option("--interval", help="Also print the summary so far every S seconds.")
 @click.option(
     "--buffer-pages",
-    help="Pages per CPU of the buffer that carries events (power of 2; bpftrace's default 64).",
+    help="Pages per CPU of the buffer that carries events (power of 2; bpftrace's default "
+    "64; tracefs: 4 KiB ring-buffer pages, default 1024).",
 )
 @click.option(
     "--print-program", is_flag=True, help="Print the generated bpftrace program and exit."
+)
+@click.option(
+    "--perfetto",
+    "perfetto_file",
+    help="tracefs: also write the cpu monitor's timeline as a Chrome trace (ui.perfetto.dev).",
 )
 @click.pass_context
 def command(
@@ -79,6 +89,7 @@ def command(
     interval: str | None,
     buffer_pages: str | None,
     print_program: bool,
+    perfetto_file: str | None,
 ) -> int:
     """Trace syscalls, cpu, process and/or io (or all) of a target; `-- CMD ARGS` launches
     CMD and traces it and its descendants from the start."""
@@ -131,6 +142,24 @@ def command(
     if print_program:
         click.echo(build_program(opts, initial_pids=(0,) if command_args else ()).text(), nl=False)
         return 0
+    if perfetto_file is not None:
+        if backend != "tracefs":
+            raise UsageError("--perfetto needs --backend tracefs (every scheduling event)")
+        if "cpu" not in chosen:
+            raise UsageError("--perfetto draws the cpu monitor's events: add the cpu monitor")
+        if not Path(perfetto_file).resolve().parent.is_dir():
+            raise UsageError(
+                f"--perfetto: directory {Path(perfetto_file).resolve().parent} does not exist"
+            )
+    if backend == "tracefs":
+        if events or every:
+            flag = "--events" if events else "--interval"
+            raise UsageError(f"{flag} needs the bpftrace backend")
+        check_available()
+        run = run_tracefs(opts)
+        if perfetto_file is not None:
+            Path(perfetto_file).write_text(perfetto.render(run.timeline(), run.result.target))
+        return _emit(run.result, fmt, output)
     ok, why = bt.available()
     if backend == "bpftrace" and not ok:
         raise ContendError(f"--backend bpftrace: {why}")
@@ -150,7 +179,11 @@ def command(
         if every is not None:
             opts.on_interval = lambda so_far: _print_interval(so_far, fmt)
         result = run_trace(opts)
-    if result.cpu and result.backend == "bpftrace":
+    return _emit(result, fmt, output)
+
+
+def _emit(result: TraceResult, fmt: str, output: str | None) -> int:
+    if result.cpu and result.backend in ("bpftrace", "tracefs"):
         threads = [float(r.on_cpu_ns) for r in result.cpu if r.tid]
         result = dataclasses.replace(result, fairness_index=busy_fairness(threads))
     text = dumps(result.to_json_dict()) if fmt == "json" else trace_text.render(result)

@@ -149,6 +149,23 @@ def render(result: TraceResult, event_lines: Sequence[str] = ()) -> str:
                 + [[p.comm, p.pid, p.count] for p in result.preemptors],
                 right=(1, 2),
             )
+        if result.waited_behind:
+            out += ["", "=== Who held the CPU while target threads waited ==="]
+            out += _table(
+                [["Process", "TID", "ms"]]
+                + [[o.comm, o.tid, f"{o.ns / 1e6:.1f}"] for o in result.waited_behind],
+                right=(1, 2),
+            )
+        if result.longest_waits:
+            out += ["", "=== Longest run-queue waits ==="]
+            rows = [["When", "Process", "PID", "TID", "CPU", "Wait us", "CPU held by (us)"]]
+            for w in result.longest_waits:
+                held = ", ".join(f"{o.comm} {o.tid} ({o.ns / 1000:.0f})" for o in w.ran) or "-"
+                rows.append(
+                    [f"{wall(w.ts_ns)}.{w.ts_ns % 1_000_000_000 // 1000:06d}", w.comm, w.pid,
+                     w.tid, w.cpu, f"{w.wait_ns / 1000:.0f}", held]
+                )  # fmt: skip
+            out += _table(rows, right=(2, 3, 4, 5))
         if result.fairness_index is not None:
             out.append(
                 f"CPU fairness (Jain) over the busy threads (>= 1% of the target's CPU): "
@@ -183,6 +200,11 @@ def render(result: TraceResult, event_lines: Sequence[str] = ()) -> str:
             f"cost: tracer CPU {cpu_s} (user space; in-kernel probe time is charged to the "
             f"traced tasks), {cost.events} events counted, {result.lost_events} lost",
         ]
+        if result.lost_by_cpu:
+            out.append(
+                "lost per CPU: "
+                + ", ".join(f"cpu{i} {n}" for i, n in enumerate(result.lost_by_cpu))
+            )
     if result.exit_status is not None:
         out.append(f"command exited with status {result.exit_status}")
     return "\n".join(out) + "\n"

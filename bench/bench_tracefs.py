@@ -1,0 +1,275 @@
+"""The tracefs backend's speed, side by side in one run.
+
+1. Decoding: real sched_switch pages captured here, replicated (timestamps shifted) to
+   N records, decoded by the plain-Python struct reference and by the numpy path
+   (header walk + vectorised field gathering + cross-CPU merge). Events/s, and the ratio.
+2. Analysis: the cpu monitor (slices, waits, occupancy, the longest waits) over the
+   decoded columns of `--analyse` records (default 10M).
+3. At the lab's event rate: a pipe ping-pong paced to about 60k sched events/s; contend
+   trace cpu --backend tracefs on it: its CPU time (% of one core), events, losses; then
+   `perf sched record -a` on the same workload for the same time: perf's CPU, and the
+   time `perf sched timehist` takes to analyse what it wrote.
+
+Run as root:  .venv/bin/python bench/bench_tracefs.py [--records 2000000] [--analyse 10000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from contend.collect import tracefs as tf
+from contend.monitors import timeline as tl
+
+print = functools.partial(print, flush=True)
+
+FIELDS = ("prev_comm", "prev_pid", "prev_state", "next_comm", "next_pid")
+PING_PONG = """
+import os, sys, time
+rate = float(sys.argv[1])  # round trips per second
+r1, w1 = os.pipe(); r2, w2 = os.pipe()
+if os.fork() == 0:
+    os.close(w1); os.close(r2)
+    while True:
+        b = os.read(r1, 1)
+        if not b:
+            os._exit(0)
+        os.write(w2, b)
+print(os.getpid(), flush=True)
+per_tick = max(1, int(rate / 100))
+t = time.monotonic()
+while True:
+    for _ in range(per_tick):
+        os.write(w1, b"x"); os.read(r2, 1)
+    t += 0.01
+    d = t - time.monotonic()
+    if d > 0:
+        time.sleep(d)
+"""
+
+
+def ping_pong(rate: float) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", PING_PONG, str(rate)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def stop(pp: subprocess.Popen[bytes]) -> None:
+    """The ping-pong's two processes: its own session, ended as one group."""
+    try:
+        os.killpg(pp.pid, 9)
+    except ProcessLookupError:
+        pass
+    pp.wait()
+
+
+def capture(seconds: float) -> tuple[list[bytes], list[int], tf.PageHeader, tf.EventFormat]:
+    """Every sched_switch of the machine for `seconds`, under an unpaced ping-pong."""
+    pp = ping_pong(1e9)
+    pages: list[bytes] = []
+    cpus: list[int] = []
+    try:
+        with tf.Instance(buffer_kb=65536) as inst:
+            inst.enable("sched", "sched_switch")
+            inst.start()
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                time.sleep(0.1)
+                p, c = inst.read_pages()
+                pages += p
+                cpus += c
+            inst.stop()
+            p, c = inst.read_pages()
+            pages += p
+            cpus += c
+            assert inst.header is not None
+            return pages, cpus, inst.header, inst.format("sched", "sched_switch")
+    finally:
+        stop(pp)
+
+
+def replicate(
+    pages: list[bytes], cpus: list[int], header: tf.PageHeader, records: int, per_copy: int
+) -> tuple[list[bytes], list[int]]:
+    """Copies of the captured pages, each copy's timestamps shifted past the previous."""
+    stamps = [struct.unpack_from("<Q", p, header.timestamp.offset)[0] for p in pages]
+    span = max(stamps) - min(stamps) + 10_000_000
+    out: list[bytes] = []
+    out_cpus: list[int] = []
+    copies = max(1, -(-records // max(per_copy, 1)))
+    for k in range(copies):
+        for page, cpu, ts in zip(pages, cpus, stamps, strict=True):
+            b = bytearray(page)
+            struct.pack_into("<Q", b, header.timestamp.offset, ts + k * span)
+            out.append(bytes(b))
+            out_cpus.append(cpu)
+    return out, out_cpus
+
+
+def bench_decode(
+    pages: list[bytes], cpus: list[int], header: tf.PageHeader, fmt: tf.EventFormat
+) -> dict[str, float]:
+    t = time.perf_counter()
+    _, offsets, _, _ = tf.walk_pages(pages, header)
+    walk_s = time.perf_counter() - t
+    n = len(offsets)
+    t = time.perf_counter()
+    cols = tf.columns(tf.decode(pages, cpus, header), fmt, FIELDS)
+    numpy_s = time.perf_counter() - t
+    t = time.perf_counter()
+    rows = tf.decode_struct(pages, cpus, header, fmt, FIELDS)
+    struct_s = time.perf_counter() - t
+    assert len(rows) == len(cols["ts"]) == n
+    return {"records": n, "walk": n / walk_s, "numpy": n / numpy_s, "struct": n / struct_s}
+
+
+def bench_analysis(
+    pages: list[bytes], cpus: list[int], header: tf.PageHeader, fmt: tf.EventFormat
+) -> dict[str, float]:
+    t = time.perf_counter()
+    cols = tf.columns(tf.decode(pages, cpus, header), fmt, FIELDS)
+    decode_s = time.perf_counter() - t
+    capture = tf.Capture({"sched_switch": cols}, {0: 0, 1: 0})
+    t = time.perf_counter()
+    tasks = tl.learn_tasks(capture, tl.Tasks(everyone=True))
+    slices = tl.on_cpu(capture, tasks)
+    tl.cpu_rows(capture, tasks, slices)
+    occ = tl.occupancy(capture, slices)
+    analyse_s = time.perf_counter() - t
+    t = time.perf_counter()
+    tl.waits_behind(slices, occ, tasks)
+    waits_s = time.perf_counter() - t
+    return {"records": len(cols["ts"]), "decode_s": decode_s, "analyse_s": analyse_s,
+            "waits_s": waits_s}  # fmt: skip
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def bench_rate(rate: float, seconds: float) -> dict[str, object]:
+    """contend and perf sched on the same paced ping-pong."""
+    pp = ping_pong(rate)
+    assert pp.stdout is not None
+    parent = int(pp.stdout.readline())
+    out: dict[str, object] = {}
+    try:
+        time.sleep(0.5)
+        child = [int(t) for t in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        done = subprocess.run(
+            [sys.executable, "-m", "contend", "trace", "cpu", "--backend", "tracefs",
+             "--pid", str(parent), *[a for c in child for a in ("--pid", str(c))],
+             "--duration", str(seconds), "--format", "json"],
+            capture_output=True, text=True, timeout=seconds + 120,
+        )  # fmt: skip
+        result = json.loads(done.stdout)
+        cpu_s = result["overhead"]["tracer_cpu_s"]
+        out["contend"] = {
+            "events": result["overhead"]["events"],
+            "events_per_s": result["overhead"]["events"] / result["duration_s"],
+            "tracer_cpu_s": cpu_s,
+            "core_pct": 100 * cpu_s / result["duration_s"],
+            "lost": result["lost_events"],
+            "split": next(n for n in result["notes"] if n.startswith("tracefs: tracer CPU")),
+        }
+        if shutil.which("perf"):
+            with tempfile.TemporaryDirectory() as tmp:
+                data = Path(tmp) / "perf.data"
+                before = children_cpu()
+                rec = subprocess.run(
+                    ["perf", "sched", "record", "-a", "-o", str(data), "--", "sleep", str(seconds)],
+                    capture_output=True, text=True,
+                )  # fmt: skip
+                record_cpu = children_cpu() - before
+                t = time.perf_counter()
+                before = children_cpu()
+                hist = subprocess.run(
+                    ["perf", "sched", "timehist", "-i", str(data)], capture_output=True, text=True
+                )
+                timehist_s = time.perf_counter() - t
+                timehist_cpu = children_cpu() - before
+                lines = hist.stdout.count("\n")
+                out["perf"] = {
+                    "record_cpu_s": record_cpu,
+                    "core_pct": 100 * record_cpu / seconds,
+                    "data_mb": data.stat().st_size / 1e6 if data.exists() else 0,
+                    "timehist_s": timehist_s,
+                    "timehist_cpu_s": timehist_cpu,
+                    "timehist_lines": lines,
+                    "record_note": (rec.stderr.strip().splitlines() or [""])[-1],
+                }
+    finally:
+        stop(pp)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--records", type=int, default=2_000_000)
+    ap.add_argument("--analyse", type=int, default=10_000_000)
+    ap.add_argument("--rate", type=float, default=20_000, help="ping-pong round trips/s")
+    ap.add_argument("--only-rate", action="store_true", help="skip decoding and analysis")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_tracefs: run as root")
+    if args.only_rate:
+        report_rate(args.rate, args.seconds)
+        return
+    pages, cpus, header, fmt = capture(1.0)
+    per_copy = len(tf.walk_pages(pages, header)[1])
+    print(f"captured {len(pages)} pages, {per_copy} sched_switch records")
+
+    big, big_cpus = replicate(pages, cpus, header, args.records, per_copy)
+    d = bench_decode(big, big_cpus, header, fmt)
+    print(f"\n== decoding {d['records']:,.0f} sched_switch records (one core) ==")
+    print(f"  struct (plain Python, merged)   {d['struct'] / 1e6:6.2f} M events/s")
+    print(f"  numpy  (walk + gather + merge)  {d['numpy'] / 1e6:6.2f} M events/s"
+          f"   ratio {d['numpy'] / d['struct']:.1f}x")  # fmt: skip
+    print(f"  header walk alone               {d['walk'] / 1e6:6.2f} M events/s")
+    del big, big_cpus
+
+    huge, huge_cpus = replicate(pages, cpus, header, args.analyse, per_copy)
+    a = bench_analysis(huge, huge_cpus, header, fmt)
+    del huge, huge_cpus
+    print(f"\n== a {a['records'] / 1e6:.1f}M-event session ==")
+    print(f"  decode {a['decode_s']:.1f} s, cpu monitor {a['analyse_s']:.1f} s, "
+          f"longest waits + who held the CPU {a['waits_s']:.1f} s, "
+          f"total {a['decode_s'] + a['analyse_s'] + a['waits_s']:.1f} s")  # fmt: skip
+
+    report_rate(args.rate, args.seconds)
+
+
+def report_rate(rate: float, seconds: float) -> None:
+    r = bench_rate(rate, seconds)
+    c = r["contend"]
+    assert isinstance(c, dict)
+    print(f"\n== at the lab's rate: ping-pong, {seconds:.0f} s ==")
+    print(f"  contend tracefs: {c['events_per_s']:,.0f} events/s, tracer CPU {c['tracer_cpu_s']:.2f} s"
+          f" = {c['core_pct']:.1f}% of one core, {c['lost']} lost ({c['split']})")  # fmt: skip
+    p = r.get("perf")
+    if isinstance(p, dict):
+        print(f"  perf sched record -a: CPU {p['record_cpu_s']:.2f} s = {p['core_pct']:.1f}% of one "
+              f"core, {p['data_mb']:.1f} MB ({p['record_note']})")  # fmt: skip
+        print(f"  perf sched timehist: {p['timehist_s']:.2f} s for {p['timehist_lines']:,} lines")
+        print(
+            f"  ratio tracer CPU contend/perf record: {c['tracer_cpu_s'] / max(p['record_cpu_s'], 1e-9):.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""`contend record [TARGET] -o FILE` and `contend report FILE`: a tracefs run saved as a
+session file (contend.session/1), analysed later through the same code as `trace`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from contend.cli.trace import _emit
+from contend.collect.cgroups import detect_layout
+from contend.errors import UsageError
+from contend.monitors import MONITORS, TraceOptions
+from contend.monitors import session as sessions
+from contend.monitors.tracefs_trace import check_available, run_tracefs
+from contend.render import perfetto
+from contend.target import parse_duration, parse_positive_int, resolve_target
+
+
+def _writable(flag: str, path: str) -> Path:
+    out = Path(path)
+    if not out.resolve().parent.is_dir():
+        raise UsageError(f"{flag}: directory {out.resolve().parent} does not exist")
+    return out
+
+
+@click.command("record")
+@click.option("--pid", "pids", multiple=True, help="Record this process, all its threads.")
+@click.option("--comm", help="Record the processes of this name (and their children).")
+@click.option("--cgroup", help="Record the tasks of this cgroup.")
+@click.option("--duration", help="Stop after this many seconds (default: Ctrl-C or exit).")
+@click.option("--buffer-pages", help="Ring-buffer pages (4 KiB) per CPU (default 1024).")
+@click.option("-o", "--output", required=True, help="The session file to write.")
+@click.pass_context
+def record(
+    ctx: click.Context,
+    pids: tuple[str, ...],
+    comm: str | None,
+    cgroup: str | None,
+    duration: str | None,
+    buffer_pages: str | None,
+    output: str,
+) -> int:
+    """Record every event of a target (tracefs backend) into a session file; `-- CMD`
+    launches CMD and records it from its first instruction."""
+    out = _writable("-o", output)
+    layout = detect_layout()
+    roots = tuple(
+        dict.fromkeys([*([layout.v2_root] if layout.v2_root else []), *layout.v1_roots.values()])
+    )
+    command_args = tuple((ctx.obj or {}).get("command", ()))
+    target = resolve_target(
+        pids, comm, cgroup, command_args, cgroup_roots=roots, cgroup2_root=layout.v2_root
+    )
+    seconds = parse_duration("--duration", duration, 0.1, 86400 * 7) if duration else None
+    pages = parse_positive_int("--buffer-pages", buffer_pages, 1, 1 << 20) if buffer_pages else None
+    check_available()
+    run = run_tracefs(TraceOptions(MONITORS, target, seconds, buffer_pages=pages))
+    sessions.save(run, out)
+    r = run.result
+    click.echo(
+        f"contend record: {r.overhead.events} events of {r.target} in {r.duration_s:.2f} s, "
+        f"{r.lost_events} lost -> {out}"
+    )
+    return r.exit_status if r.exit_status is not None else 0
+
+
+@click.command("report")
+@click.argument("session_file")
+@click.option("--format", "fmt", default="text", show_default=True, help="text or json.")
+@click.option("-o", "--output", help="Write the result to this file instead of stdout.")
+@click.option("--perfetto", "perfetto_file", help="Also write the timeline (Chrome trace JSON).")
+def report(session_file: str, fmt: str, output: str | None, perfetto_file: str | None) -> int:
+    """Analyse a session file written by `contend record`, with trace's outputs."""
+    if fmt not in ("text", "json"):
+        raise UsageError(f"--format: {fmt!r} is not text or json")
+    if not Path(session_file).is_file():
+        raise UsageError(f"{session_file}: no such file")
+    if output is not None:
+        _writable("-o", output)
+    if perfetto_file is not None:
+        _writable("--perfetto", perfetto_file)
+    run = sessions.load(Path(session_file))
+    if perfetto_file is not None:
+        Path(perfetto_file).write_text(perfetto.render(run.timeline(), run.result.target))
+    _emit(run.result, fmt, output)
+    return 0

@@ -1,0 +1,103 @@
+"""Session files: every decoded event of a tracefs run, saved to be analysed later (on
+any machine) through the same code path as a live run (`tracefs_trace.analyse`).
+
+Format ``contend.session/1``: a NumPy ``.npz`` archive (zip, deflate) holding one array
+per event column, named ``EVENT/COLUMN``, and ``meta``: UTF-8 JSON with the schema, the
+monitors, the target, the run's duration, exit status and notes, the records lost per
+CPU, every task's tgid and name as known at the end of the run, the initial target
+tasks, and the paths of opened files read from /proc during the run.
+
+Changelog: contend.session/1 (0.1.0): first version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contend.collect.tracefs import Capture, Columns
+from contend.errors import ContendError
+from contend.monitors import timeline as tl
+from contend.monitors.tracefs_trace import TracefsRun, analyse
+
+SCHEMA_SESSION = "contend.session/1"
+
+
+def save(run: TracefsRun, path: Path) -> None:
+    arrays: dict[str, Any] = {}
+    for event, cols in run.capture.events.items():
+        for name, values in cols.items():
+            if values.dtype == object:
+                values = values.astype(str)
+            arrays[f"{event}/{name}"] = values
+    r = run.result
+    meta = {
+        "schema": SCHEMA_SESSION,
+        "monitors": list(r.monitors),
+        "target": r.target,
+        "duration_s": r.duration_s,
+        "exit_status": r.exit_status,
+        "notes": [
+            n
+            for n in r.notes
+            if not n.startswith(("cpu:", "io:", "tracefs: events lost"))
+            and "events were lost" not in n
+        ],
+        "lost_by_cpu": {str(c): n for c, n in run.capture.lost_by_cpu.items()},
+        "records": run.capture.records,
+        "tracer_cpu_s": r.overhead.tracer_cpu_s,
+        "everyone": run.tasks.everyone,
+        "targets": sorted(run.tasks.targets),
+        "tgid": {str(t): p for t, p in run.tasks.tgid.items()},
+        "comm": {str(t): c for t, c in run.tasks.comm.items()},
+        "paths": [[t, ts, p] for (t, ts), p in run.paths.items()],
+    }
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    try:
+        with path.open("wb") as f:
+            np.savez_compressed(f, **arrays)
+    except OSError as e:
+        raise ContendError(f"cannot write {path}: {e.strerror}") from None
+
+
+def load(path: Path) -> TracefsRun:
+    try:
+        archive = np.load(path, allow_pickle=False)
+        meta = json.loads(bytes(archive["meta"]).decode())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise ContendError(f"{path}: not a contend session file ({type(e).__name__})") from None
+    if meta.get("schema") != SCHEMA_SESSION:
+        raise ContendError(f"{path}: schema {meta.get('schema')!r}, expected {SCHEMA_SESSION}")
+    events: dict[str, Columns] = {}
+    for key in archive.files:
+        if "/" in key:
+            event, name = key.split("/", 1)
+            events.setdefault(event, {})[name] = archive[key]
+    capture = Capture(
+        events,
+        {int(c): int(n) for c, n in meta["lost_by_cpu"].items()},
+        records=int(meta["records"]),
+    )
+    tasks = tl.Tasks(
+        tgid={int(t): int(p) for t, p in meta["tgid"].items()},
+        comm={int(t): str(c) for t, c in meta["comm"].items()},
+        targets={int(t) for t in meta["targets"]},
+        everyone=bool(meta["everyone"]),
+        resolve=None,  # another machine: its /proc says nothing about these tasks
+    )
+    paths = {(int(t), int(ts)): str(p) for t, ts, p in meta["paths"]}
+    run = analyse(tuple(meta["monitors"]), capture, tasks, paths)
+    run.result = dataclasses.replace(
+        run.result,
+        target=str(meta["target"]),
+        duration_s=float(meta["duration_s"]),
+        exit_status=meta["exit_status"],
+        notes=(*meta["notes"], *run.result.notes),
+        overhead=dataclasses.replace(run.result.overhead, tracer_cpu_s=meta["tracer_cpu_s"]),
+    )
+    return run

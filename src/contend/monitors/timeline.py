@@ -1,0 +1,778 @@
+"""The four monitors computed from every event (the tracefs backend's `Capture`), with the
+same meanings as the bpftrace programs in syscalls.py, cpu.py, process.py and io.py, so
+that both backends give the same contend.trace/1 rows.
+
+Vectorised where the event count is large (sched_switch, raw_syscalls): columns are
+sorted once and paired by position, never walked event by event in Python.
+
+Kernel facts used here:
+- sched_switch runs in the task switching out (kernel/sched/core.c __schedule()); a
+  `prev_state` whose low byte is 0 (TASK_RUNNING; 6.x reports a preemption as
+  TASK_REPORT_MAX) is an involuntary switch and the start of a run-queue wait; a
+  wakeup starts one too. A wait ends at the task's next switch-in.
+- On this project's VM kernel (6.18, Firecracker) ftrace never records a switch *from*
+  the idle task on CPU 1 (bpftrace sees it). A slice whose switch-in is missing is taken
+  to start at the task's last wakeup, or its own last switch, or when the CPU went to
+  another task, whichever is latest (it cannot start before any of them); the wait
+  ending there is then counted as 0. How many slices were inferred is in `notes`.
+- task_newtask's clone_flags & CLONE_THREAD (0x00010000) tells a thread from a process.
+- The exit status is not in sched_process_exit: the code is the argument of exit_group
+  (whole process) or exit (one thread), a fatal signal's number comes from
+  signal_deliver with the default action (sa_handler SIG_DFL).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from contend.collect.tracefs import Capture, Columns
+from contend.model import (
+    CounterSample,
+    CpuRow,
+    CpuSlice,
+    FileRow,
+    HistBucket,
+    IoRow,
+    Occupant,
+    PreemptorRow,
+    ProcessEvent,
+    RunQueueLatency,
+    SyscallRow,
+    Timeline,
+    WaitRow,
+    Wakeup,
+)
+from contend.monitors import cpu as cpu_monitor
+from contend.monitors import io as io_monitor
+from contend.monitors.syscalls import BLOCKING, NO_RETURN, syscall_name, table_for
+
+CLONE_THREAD = 0x00010000
+SIG_DFL = 0
+# Signals whose default action does not end the process (man 7 signal): everything else
+# that is delivered with SIG_DFL kills it.
+NOT_FATAL = frozenset({17, 18, 19, 20, 21, 22, 23, 28})  # CHLD CONT STOP TSTP TTIN TTOU URG WINCH
+
+I64 = npt.NDArray[np.int64]
+
+
+def _i64(cols: Columns, name: str) -> I64:
+    if name not in cols:
+        return np.zeros(0, dtype=np.int64)
+    return cols[name].astype(np.int64)
+
+
+def _comm(raw: object) -> str:
+    if isinstance(raw, bytes | np.bytes_):
+        return bytes(raw).split(b"\0", 1)[0].decode(errors="replace")
+    return str(raw)
+
+
+@dataclass
+class Tasks:
+    """Who is who: tid -> tgid and comm, and which tids are the target.
+
+    `initial`: tid -> tgid of the target's threads at the start (empty: every task is a
+    target). Children of targets (task_newtask) join the target.
+    """
+
+    tgid: dict[int, int] = field(default_factory=dict)
+    comm: dict[int, str] = field(default_factory=dict)
+    targets: set[int] = field(default_factory=set)
+    everyone: bool = False
+    resolve: Callable[[int], tuple[int, str] | None] | None = None
+
+    def is_target(self, tid: int) -> bool:
+        return tid != 0 and (self.everyone or tid in self.targets)
+
+    def target_mask(self, tids: I64) -> npt.NDArray[np.bool_]:
+        if self.everyone:
+            nonzero: npt.NDArray[np.bool_] = tids != 0
+            return nonzero
+        if not self.targets:
+            return np.zeros(len(tids), dtype=bool)
+        mask: npt.NDArray[np.bool_] = np.isin(tids, np.fromiter(self.targets, dtype=np.int64))
+        return mask
+
+    def pid_of(self, tid: int) -> int:
+        if tid not in self.tgid and self.resolve is not None:
+            who = self.resolve(tid)
+            self.tgid[tid] = who[0] if who else tid
+            if who and tid not in self.comm:
+                self.comm[tid] = who[1]
+        return self.tgid.get(tid, tid)
+
+    def comm_of(self, tid: int) -> str:
+        if tid not in self.comm:
+            self.pid_of(tid)
+        return self.comm.get(tid) or self.comm.get(self.tgid.get(tid, tid), "")
+
+
+def learn_tasks(capture: Capture, tasks: Tasks) -> Tasks:
+    """Fill tid -> tgid and comm from the events, and grow the target with every task
+    a target created (in time order: a grandchild's parent must be known first)."""
+    nt = capture.get("task_newtask")
+    for parent, child, flags, comm in zip(
+        _i64(nt, "common_pid").tolist(),
+        _i64(nt, "pid").tolist(),
+        _i64(nt, "clone_flags").tolist(),
+        nt.get("comm", np.zeros(0, "S16")).tolist(),
+        strict=True,
+    ):
+        parent_tgid = tasks.tgid.get(parent, parent)
+        tasks.tgid[child] = parent_tgid if flags & CLONE_THREAD else child
+        tasks.comm[child] = _comm(comm)
+        if tasks.is_target(parent):
+            tasks.targets.add(child)
+    sw = capture.get("sched_switch")
+    if sw:
+        # The last name each task had when it left a CPU (a later exec renames it).
+        prev = _i64(sw, "prev_pid")
+        names = sw["prev_comm"]
+        order = np.argsort(prev, kind="stable")
+        sorted_prev = prev[order]
+        ends = np.nonzero(np.r_[sorted_prev[1:] != sorted_prev[:-1], True])[0]
+        for pos in ends.tolist():
+            tasks.comm[int(sorted_prev[pos])] = _comm(names[order[pos]])
+    ex = capture.get("sched_process_exec")
+    for tid, filename in zip(_i64(ex, "pid").tolist(), ex.get("filename", []), strict=True):
+        # The comm after exec is the file's base name, cut to TASK_COMM_LEN - 1.
+        tasks.comm.setdefault(tid, os.path.basename(str(filename))[:15])
+    return tasks
+
+
+# --- cpu ----------------------------------------------------------------------------------
+
+
+@dataclass
+class OnCpu:
+    """Every slice of a target thread on a CPU, and every run-queue wait."""
+
+    tid: I64
+    cpu: I64
+    start: I64
+    end: I64
+    inferred: int  # slices whose start was taken at the wakeup (switch from idle unseen)
+    wait_tid: I64
+    wait_start: I64
+    wait_end: I64
+    wait_cpu: I64
+
+
+def log2_hist(values_us: I64) -> tuple[HistBucket, ...]:
+    """bpftrace's hist(): [0], [1], [2, 3], [4, 7], ... with empty buckets in between."""
+    if len(values_us) == 0:
+        return ()
+    v = np.maximum(values_us, 0)
+    power = np.where(v > 0, np.floor(np.log2(np.maximum(v, 1))).astype(np.int64) + 1, 0)
+    counts = np.bincount(power)
+    out = []
+    for k, n in enumerate(counts.tolist()):
+        low = 0 if k == 0 else 1 << (k - 1)
+        high = 0 if k == 0 else (1 << k) - 1
+        out.append(HistBucket(low, high, int(n)))
+    return tuple(out)
+
+
+def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
+    sw = capture.get("sched_switch")
+    ts, cpu = _i64(sw, "ts"), _i64(sw, "cpu")
+    prev, nxt = _i64(sw, "prev_pid"), _i64(sw, "next_pid")
+    state = _i64(sw, "prev_state")
+    order = np.lexsort((ts, cpu))
+    ts, cpu, prev, nxt, state = ts[order], cpu[order], prev[order], nxt[order], state[order]
+    same_cpu = cpu[1:] == cpu[:-1]
+    a_next, b_prev = nxt[:-1], prev[1:]
+    b_target = tasks.target_mask(b_prev) & same_cpu
+    seen_in = b_target & (a_next == b_prev)
+    # A switch-out without its switch-in: from idle (unrecorded on this kernel), maybe
+    # after a chain of other tasks' switches that the pid filter did not record.
+    idle_gap = b_target & (a_next != b_prev)
+    slice_tid = b_prev[seen_in]
+    slice_start = ts[:-1][seen_in]
+    slice_end = ts[1:][seen_in]
+    slice_cpu = cpu[1:][seen_in]
+
+    wake = [capture.get("sched_wakeup"), capture.get("sched_wakeup_new")]
+    w_tid = np.concatenate([_i64(w, "pid") for w in wake])
+    w_ts = np.concatenate([_i64(w, "ts") for w in wake])
+    keep = tasks.target_mask(w_tid)
+    w_tid, w_ts = w_tid[keep], w_ts[keep]
+
+    # Slices that began with an unrecorded switch from idle: from the last wakeup.
+    # A CPU's first record may be such a switch-out too (the idle switch-in unrecorded).
+    first = np.r_[True, cpu[1:] != cpu[:-1]] if len(cpu) else np.zeros(0, bool)
+    first &= tasks.target_mask(prev)
+    inf_tid = np.concatenate([b_prev[idle_gap], prev[first]])
+    inf_lo = np.concatenate([ts[:-1][idle_gap], np.full(int(first.sum()), -1, np.int64)])
+    inf_end = np.concatenate([ts[1:][idle_gap], ts[first]])
+    inf_cpu = np.concatenate([cpu[1:][idle_gap], cpu[first]])
+    inf_start = np.full(len(inf_tid), -1, dtype=np.int64)
+    if len(inf_tid):
+        # The slice starts after the task's own previous switch (in or out, any CPU) and
+        # after the CPU went to another task; at its wakeup if that came later. All at
+        # once: the queries sorted in with the task's own events (a query first on a tie:
+        # strictly before), the last switch and last wakeup carried forward.
+        n_q = len(inf_tid)
+        all_tid = np.concatenate([inf_tid, prev, nxt, w_tid])
+        all_ts = np.concatenate([inf_end, ts, ts, w_ts])
+        kind = np.concatenate(
+            [np.zeros(n_q, np.int64), np.ones(2 * len(ts), np.int64), np.full(len(w_ts), 2)]
+        )
+        o = np.lexsort((kind, all_ts, all_tid))
+        all_tid, all_ts, kind = all_tid[o], all_ts[o], kind[o]
+        idx = np.arange(len(o))
+        last_switch = np.maximum.accumulate(np.where(kind == 1, idx, -1))
+        last_wake = np.maximum.accumulate(np.where(kind == 2, idx, -1))
+        q_pos = np.nonzero(kind == 0)[0]
+        q_index = o[q_pos]  # which query
+        ls, lw = last_switch[q_pos], last_wake[q_pos]
+        sw_ts = np.where((ls >= 0) & (all_tid[np.maximum(ls, 0)] == all_tid[q_pos]),
+                         all_ts[np.maximum(ls, 0)], -1)  # fmt: skip
+        wk_ts = np.where((lw >= 0) & (all_tid[np.maximum(lw, 0)] == all_tid[q_pos]),
+                         all_ts[np.maximum(lw, 0)], -1)  # fmt: skip
+        bound = np.maximum(inf_lo[q_index], sw_ts)
+        inf_start[q_index] = np.where(wk_ts >= bound, wk_ts, bound)
+    found = inf_start >= 0
+    tid_all = np.concatenate([slice_tid, inf_tid[found]])
+    start_all = np.concatenate([slice_start, inf_start[found]])
+    end_all = np.concatenate([slice_end, inf_end[found]])
+    cpu_all = np.concatenate([slice_cpu, inf_cpu[found]])
+
+    # Run-queue waits: a start (wakeup, involuntary switch-out) then the next switch-in;
+    # the latest start wins, as in cpu.py's program.
+    out_target = tasks.target_mask(prev)
+    invol = out_target & ((state & 0xFF) == 0)
+    in_target = tasks.target_mask(nxt)
+    ev_tid = np.concatenate([w_tid, prev[invol], nxt[in_target], inf_tid[found]])
+    ev_ts = np.concatenate([w_ts, ts[invol], ts[in_target], inf_start[found]])
+    ev_cpu = np.concatenate(
+        [np.full(len(w_tid), -1), cpu[invol], cpu[in_target], inf_cpu[found]]
+    ).astype(np.int64)
+    ev_kind = np.concatenate(
+        [
+            np.zeros(len(w_tid) + int(invol.sum()), dtype=np.int64),
+            np.ones(int(in_target.sum()) + int(found.sum()), dtype=np.int64),
+        ]
+    )
+    o = np.lexsort((ev_kind, ev_ts, ev_tid))
+    ev_tid, ev_ts, ev_kind, ev_cpu = ev_tid[o], ev_ts[o], ev_kind[o], ev_cpu[o]
+    idx = np.arange(len(ev_tid))
+    last_start = np.maximum.accumulate(np.where(ev_kind == 0, idx, -1)) if len(idx) else idx
+    last_end = np.maximum.accumulate(np.where(ev_kind == 1, idx, -1)) if len(idx) else idx
+    prev_end = np.r_[-1, last_end[:-1]] if len(idx) else idx
+    is_end = ev_kind == 1
+    s = last_start
+    valid = is_end & (s >= 0) & (s > prev_end)
+    valid &= ev_tid[np.maximum(s, 0)] == ev_tid
+    return OnCpu(
+        tid=tid_all,
+        cpu=cpu_all,
+        start=start_all,
+        end=end_all,
+        inferred=int(found.sum()),
+        wait_tid=ev_tid[valid],
+        wait_start=ev_ts[s[valid]],
+        wait_end=ev_ts[valid],
+        wait_cpu=ev_cpu[valid],
+    )
+
+
+def _sum_by(keys: I64, values: I64) -> Counter[int]:
+    """Sum of `values` per key, vectorised."""
+    if len(keys) == 0:
+        return Counter()
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    sums = np.bincount(inverse, weights=values.astype(np.float64))
+    return Counter(dict(zip(uniq.tolist(), np.rint(sums).astype(np.int64).tolist(), strict=True)))
+
+
+def cpu_rows(
+    capture: Capture, tasks: Tasks, slices: OnCpu
+) -> tuple[list[CpuRow], list[PreemptorRow]]:
+    sw = capture.get("sched_switch")
+    prev, nxt, state = _i64(sw, "prev_pid"), _i64(sw, "next_pid"), _i64(sw, "prev_state")
+    out_target = tasks.target_mask(prev)
+    invol_mask = out_target & ((state & 0xFF) == 0)
+    vol = _sum_by(
+        prev[out_target & ~invol_mask], np.ones(int((out_target & ~invol_mask).sum()), np.int64)
+    )
+    invol = _sum_by(prev[invol_mask], np.ones(int(invol_mask.sum()), np.int64))
+    wake = [capture.get("sched_wakeup"), capture.get("sched_wakeup_new")]
+    w_tid = np.concatenate([_i64(w, "pid") for w in wake])
+    w_mask = tasks.target_mask(w_tid)
+    wakeups = _sum_by(w_tid[w_mask], np.ones(int(w_mask.sum()), np.int64))
+    dur = slices.end - slices.start
+    on_ns = _sum_by(slices.tid, dur)
+    n_slices = _sum_by(slices.tid, np.ones(len(dur), np.int64))
+    wait = slices.wait_end - slices.wait_start
+    rq_n = _sum_by(slices.wait_tid, np.ones(len(wait), np.int64))
+    rq_sum = _sum_by(slices.wait_tid, wait)
+    tids = set(on_ns) | set(vol) | set(invol) | set(wakeups) | set(rq_n)
+    rows = []
+    for tid in tids:
+        rows.append(
+            CpuRow(
+                pid=tasks.pid_of(tid),
+                tid=tid,
+                comm=tasks.comm_of(tid),
+                on_cpu_ns=on_ns[tid],
+                slices=n_slices[tid],
+                voluntary_switches=vol[tid],
+                involuntary_switches=invol[tid],
+                wakeups=wakeups[tid],
+                run_queue_latency=RunQueueLatency(
+                    count=rq_n[tid],
+                    avg_ns=rq_sum[tid] / rq_n[tid] if rq_n[tid] else None,
+                    p50_ns=None,
+                    p99_ns=None,
+                    hist=(),
+                ),
+                slice_hist=(),
+            )
+        )
+    rows.sort(key=lambda r: (-r.on_cpu_ns, r.pid, r.tid))
+    preempt = Counter[tuple[int, str]]()
+    for tid, comm in (
+        zip(nxt[invol_mask].tolist(), sw["next_comm"][invol_mask].tolist(), strict=True)
+        if sw
+        else []
+    ):
+        preempt[(tid, _comm(comm))] += 1
+    preemptors = [PreemptorRow(comm=c, pid=p, count=n) for (p, c), n in preempt.most_common(10)]
+    if rows:
+        rq_hist = log2_hist(wait // 1000)
+        n = sum(r.run_queue_latency.count for r in rows)
+        rows.append(
+            CpuRow(
+                pid=0,
+                tid=0,
+                comm="(all target threads)",
+                on_cpu_ns=sum(r.on_cpu_ns for r in rows),
+                slices=sum(r.slices for r in rows),
+                voluntary_switches=sum(r.voluntary_switches for r in rows),
+                involuntary_switches=sum(r.involuntary_switches for r in rows),
+                wakeups=sum(r.wakeups or 0 for r in rows),
+                run_queue_latency=RunQueueLatency(
+                    count=n,
+                    avg_ns=float(wait.sum()) / n if n else None,
+                    p50_ns=_ns(cpu_monitor.hist_percentile(rq_hist, 50)),
+                    p99_ns=_ns(cpu_monitor.hist_percentile(rq_hist, 99)),
+                    hist=rq_hist,
+                ),
+                slice_hist=log2_hist(dur // 1000),
+            )
+        )
+    return rows, preemptors
+
+
+def _ns(us: float | None) -> float | None:
+    return None if us is None else us * 1000.0
+
+
+# --- syscalls -----------------------------------------------------------------------------
+
+
+@dataclass
+class Calls:
+    """Every syscall of a target: enter time, tid, number, first argument; the exit time
+    and return value when it returned while traced (else -1 / 0)."""
+
+    tid: I64
+    nr: I64
+    arg0: I64
+    enter: I64
+    exit: I64  # -1: did not return while traced
+    ret: I64
+
+
+def pair_calls(capture: Capture, tasks: Tasks) -> Calls:
+    en, ex = capture.get("sys_enter"), capture.get("sys_exit")
+    e_tid, x_tid = _i64(en, "common_pid"), _i64(ex, "common_pid")
+    e_keep, x_keep = tasks.target_mask(e_tid), tasks.target_mask(x_tid)
+    e_tid, x_tid = e_tid[e_keep], x_tid[x_keep]
+    e_ts, x_ts = _i64(en, "ts")[e_keep], _i64(ex, "ts")[x_keep]
+    e_nr, x_nr = _i64(en, "id")[e_keep], _i64(ex, "id")[x_keep]
+    e_arg = _i64(en, "args[0]")[e_keep] if "args[0]" in en else np.zeros(len(e_tid), np.int64)
+    x_ret = _i64(ex, "ret")[x_keep]
+    n_e = len(e_tid)
+    tid = np.concatenate([e_tid, x_tid])
+    ts = np.concatenate([e_ts, x_ts])
+    kind = np.concatenate([np.zeros(n_e, np.int64), np.ones(len(x_tid), np.int64)])
+    nr = np.concatenate([e_nr, x_nr])
+    o = np.lexsort((kind, ts, tid))
+    tid, ts, kind, nr = tid[o], ts[o], kind[o], nr[o]
+    src = o  # position in the concatenation: < n_e is an enter
+    # An exit pairs with the event just before it: an enter of the same thread and call.
+    paired = np.zeros(len(tid), dtype=bool)
+    if len(tid) > 1:
+        paired[1:] = (
+            (kind[1:] == 1) & (kind[:-1] == 0) & (tid[1:] == tid[:-1]) & (nr[1:] == nr[:-1])
+        )
+    exit_ts = np.full(n_e, -1, dtype=np.int64)
+    ret = np.zeros(n_e, dtype=np.int64)
+    enter_pos = src[np.nonzero(paired)[0] - 1]
+    exit_pos = src[paired] - n_e
+    exit_ts[enter_pos] = x_ts[exit_pos]
+    ret[enter_pos] = x_ret[exit_pos]
+    return Calls(e_tid, e_nr, e_arg, e_ts, exit_ts, ret)
+
+
+def exited_tids(capture: Capture) -> set[int]:
+    return set(_i64(capture.get("sched_process_exit"), "pid").tolist())
+
+
+def syscall_rows(
+    calls: Calls, tasks: Tasks, exited: set[int], machine: str | None = None
+) -> list[SyscallRow]:
+    numbers = {name: nr for nr, name in table_for(machine).items()}
+    no_return = {numbers[n] for n in NO_RETURN if n in numbers}
+    returned = calls.exit >= 0
+    # A call in flight at the end counts if its thread lives on (it may still return),
+    # or if it never returns (exit, exit_group): as the bpftrace backend counts.
+    gone = (
+        np.isin(calls.tid, np.fromiter(exited, np.int64))
+        if exited
+        else np.zeros(len(calls.tid), bool)
+    )
+    counted = returned | ~gone | np.isin(calls.nr, np.fromiter(no_return, np.int64))
+    pids = np.array([tasks.pid_of(t) for t in calls.tid.tolist()], dtype=np.int64)
+    dur = np.where(returned, calls.exit - calls.enter, 0)
+    err = returned & (calls.ret < 0) & (calls.ret > -4096)
+    key = pids * 4096 + calls.nr
+    rows = []
+    keys, inverse = np.unique(key[counted], return_inverse=True)
+    if len(keys) == 0:
+        return []
+    c_returned, c_dur, c_err = returned[counted], dur[counted], err[counted]
+    count = np.bincount(inverse)
+    timed = np.bincount(inverse, weights=c_returned).astype(np.int64)
+    total = np.bincount(inverse, weights=c_dur).astype(np.int64)
+    errors = np.bincount(inverse, weights=c_err).astype(np.int64)
+    longest = np.zeros(len(keys), dtype=np.int64)
+    np.maximum.at(longest, inverse, c_dur)
+    for i, k in enumerate(keys.tolist()):
+        pid, nr = divmod(k, 4096)
+        name = syscall_name(nr, machine)
+        rows.append(
+            SyscallRow(
+                pid=pid,
+                comm=tasks.comm_of(pid),
+                syscall=name,
+                count=int(count[i]),
+                errors=int(errors[i]),
+                total_ns=int(total[i]),
+                avg_ns=float(total[i]) / int(timed[i]) if timed[i] else None,
+                max_ns=int(longest[i]),
+                blocking=name in BLOCKING,
+                timed=int(timed[i]),
+            )
+        )
+    return sorted(rows, key=lambda r: (-r.count, r.pid, r.syscall))
+
+
+# --- io -------------------------------------------------------------------------------------
+
+
+def io_numbers(machine: str | None = None) -> dict[int, str]:
+    ops = (*io_monitor.READS, *io_monitor.WRITES, "open", "openat", "close")
+    return {nr: name for nr, name in table_for(machine).items() if name in ops}
+
+
+def io_rows(
+    calls: Calls,
+    tasks: Tasks,
+    paths: dict[tuple[int, int], str],
+    machine: str | None = None,
+) -> tuple[list[IoRow], list[FileRow], int]:
+    """Per process and op: calls and bytes; per file, where the path is known.
+    `paths[(tid, enter_ts)]`: the path an open returned, read from /proc during the run.
+    Returns the rows and the number of successful opens whose path was not known."""
+    ops = io_numbers(machine)
+    mine = np.isin(calls.nr, np.fromiter(ops, np.int64))
+    counts = Counter[tuple[int, str, str]]()
+    nbytes = Counter[tuple[int, str, str]]()
+    fcounts = Counter[tuple[int, str, str]]()
+    fbytes = Counter[tuple[int, str, str]]()
+    fds: dict[tuple[int, int], str] = {}
+    unresolved = 0
+    for tid, nr, arg0, enter, ex, ret in zip(
+        calls.tid[mine].tolist(), calls.nr[mine].tolist(), calls.arg0[mine].tolist(),
+        calls.enter[mine].tolist(), calls.exit[mine].tolist(), calls.ret[mine].tolist(),
+        strict=True,
+    ):  # fmt: skip
+        op = ops[nr]
+        pid = tasks.pid_of(tid)
+        comm = tasks.comm_of(pid)
+        if op == "close":
+            counts[(pid, op, comm)] += 1
+            fds.pop((pid, arg0), None)
+            continue
+        if ex < 0:
+            continue  # counted at its return, as the bpftrace program does
+        counts[(pid, op, comm)] += 1
+        if op in ("open", "openat"):
+            if ret >= 0:
+                path = paths.get((tid, enter))
+                if path is None:
+                    unresolved += 1
+                    continue
+                fds[(pid, ret)] = path
+                fcounts[(pid, op, path)] += 1
+            continue
+        if ret > 0:
+            nbytes[(pid, op, comm)] += ret
+            where = fds.get((pid, arg0))
+            if where is not None:
+                fcounts[(pid, op, where)] += 1
+                fbytes[(pid, op, where)] += ret
+    rows = [IoRow(p, c, op, n, nbytes[(p, op, c)]) for (p, op, c), n in counts.items()]
+    rows.sort(key=lambda r: (-r.count, r.pid, r.op))
+    files = [FileRow(p, path, op, n, fbytes[(p, op, path)]) for (p, op, path), n in fcounts.items()]
+    files.sort(key=lambda r: (-r.bytes, -r.count, r.path))
+    return rows, files, unresolved
+
+
+# --- process --------------------------------------------------------------------------------
+
+
+def process_events(capture: Capture, tasks: Tasks, calls: Calls) -> list[ProcessEvent]:
+    out: list[ProcessEvent] = []
+    nt = capture.get("task_newtask")
+    for ts, parent, child, flags, comm in zip(
+        _i64(nt, "ts").tolist(), _i64(nt, "common_pid").tolist(), _i64(nt, "pid").tolist(),
+        _i64(nt, "clone_flags").tolist(), nt.get("comm", []), strict=True,
+    ):  # fmt: skip
+        if not tasks.is_target(parent):
+            continue
+        ppid = tasks.pid_of(parent)
+        if flags & CLONE_THREAD:
+            out.append(ProcessEvent(ts, "thread", ppid, child, ppid, _comm(comm)))
+        else:
+            out.append(ProcessEvent(ts, "fork", child, child, ppid, _comm(comm)))
+    ex = capture.get("sched_process_exec")
+    for ts, tid, filename in zip(
+        _i64(ex, "ts").tolist(), _i64(ex, "pid").tolist(), ex.get("filename", []), strict=True
+    ):
+        if tasks.is_target(tid):
+            comm = os.path.basename(str(filename))[:15]
+            out.append(ProcessEvent(ts, "exec", tasks.pid_of(tid), tid, None, comm))
+    # Exit codes: exit_group's argument for the whole process, exit's for one thread.
+    numbers = {name: nr for nr, name in table_for().items()}
+    group_code: dict[int, tuple[int, int]] = {}  # tgid -> (ts, code)
+    thread_code: dict[int, tuple[int, int]] = {}
+    for tid, nr, arg0, ts in zip(
+        calls.tid.tolist(), calls.nr.tolist(), calls.arg0.tolist(), calls.enter.tolist(),
+        strict=True,
+    ):  # fmt: skip
+        if nr == numbers.get("exit_group"):
+            group_code.setdefault(tasks.pid_of(tid), (ts, arg0 & 0xFF))
+        elif nr == numbers.get("exit"):
+            thread_code[tid] = (ts, arg0 & 0xFF)
+    fatal: dict[int, tuple[int, int]] = {}  # tgid -> (ts, signal)
+    sig = capture.get("signal_deliver")
+    for ts, tid, signo, handler in zip(
+        _i64(sig, "ts").tolist(), _i64(sig, "common_pid").tolist(), _i64(sig, "sig").tolist(),
+        _i64(sig, "sa_handler").tolist(), strict=True,
+    ):  # fmt: skip
+        if handler == SIG_DFL and signo not in NOT_FATAL:
+            fatal.setdefault(tasks.pid_of(tid), (ts, signo))
+    pe = capture.get("sched_process_exit")
+    for ts, tid, comm in zip(
+        _i64(pe, "ts").tolist(), _i64(pe, "pid").tolist(), pe.get("comm", []), strict=True
+    ):
+        if not tasks.is_target(tid):
+            continue
+        pid = tasks.pid_of(tid)
+        code: int | None = None
+        signal = 0
+        if pid in fatal and fatal[pid][0] <= ts:
+            code, signal = 0, fatal[pid][1]
+        elif pid in group_code and group_code[pid][0] <= ts:
+            code = group_code[pid][1]
+        elif tid in thread_code:
+            code = thread_code[tid][1]
+        out.append(
+            ProcessEvent(ts, "exit", pid, tid, None, _comm(comm), exit_code=code, signal=signal)
+        )
+    out.sort(key=lambda e: e.ts_ns)
+    return out
+
+
+def syscall_totals(calls: Calls, tasks: Tasks) -> list[tuple[int, str, int]]:
+    counts = Counter(tasks.pid_of(t) for t in calls.tid.tolist())
+    return sorted(
+        ((p, tasks.comm_of(p), n) for p, n in counts.items()), key=lambda r: (-r[2], r[0])
+    )
+
+
+# --- the timeline: who held each CPU, who waited behind whom ------------------------------
+
+
+@dataclass
+class Occupancy:
+    """Per CPU, who held it and when (every recorded switch pair, plus the target slices
+    whose switch from idle went unrecorded), sorted by CPU then start."""
+
+    tid: I64
+    cpu: I64
+    start: I64
+    end: I64
+    names: dict[int, str]
+
+
+def occupancy(capture: Capture, slices: OnCpu) -> Occupancy:
+    sw = capture.get("sched_switch")
+    ts, cpu = _i64(sw, "ts"), _i64(sw, "cpu")
+    nxt = _i64(sw, "next_pid")
+    order = np.lexsort((ts, cpu))
+    ts, cpu, nxt = ts[order], cpu[order], nxt[order]
+    pair = (cpu[1:] == cpu[:-1]) & (nxt[:-1] != 0)
+    tid = np.concatenate(
+        [nxt[:-1][pair], slices.tid[-slices.inferred :] if slices.inferred else []]
+    )
+    start = np.concatenate(
+        [ts[:-1][pair], slices.start[-slices.inferred :] if slices.inferred else []]
+    )
+    end = np.concatenate([ts[1:][pair], slices.end[-slices.inferred :] if slices.inferred else []])
+    on = np.concatenate([cpu[1:][pair], slices.cpu[-slices.inferred :] if slices.inferred else []])
+    o = np.lexsort((start, on))
+    tid, on, start, end = tid[o], on[o], start[o], end[o]
+    # A task whose switch-out the pid filter did not record held the CPU at most until
+    # the next known holder came: clip, and drop what is left empty.
+    if len(start) > 1:
+        same = on[1:] == on[:-1]
+        end[:-1] = np.where(same, np.minimum(end[:-1], start[1:]), end[:-1])
+    keep = end > start
+    tid, on, start, end = tid[keep], on[keep], start[keep], end[keep]
+    names: dict[int, str] = {}
+    if sw:
+        # The last name each task had (next side, then prev side over it).
+        for pid_col, comm_col in (("next_pid", "next_comm"), ("prev_pid", "prev_comm")):
+            tids = _i64(sw, pid_col)[::-1]
+            uniq, first = np.unique(tids, return_index=True)
+            comms = sw[comm_col][::-1][first]
+            names.update(zip(uniq.tolist(), (_comm(c) for c in comms.tolist()), strict=True))
+    return Occupancy(
+        tid.astype(np.int64), on.astype(np.int64), start.astype(np.int64),
+        end.astype(np.int64), names,
+    )  # fmt: skip
+
+
+def _held_during(occ: Occupancy, cpu: int, lo: int, hi: int, waiter: int) -> Counter[int]:
+    left = np.searchsorted(occ.cpu, cpu, "left")
+    right = np.searchsorted(occ.cpu, cpu, "right")
+    starts, ends = occ.start[left:right], occ.end[left:right]
+    i0 = int(np.searchsorted(ends, lo, "right"))
+    i1 = int(np.searchsorted(starts, hi, "left"))
+    held = Counter[int]()
+    for k in range(i0, i1):
+        tid = int(occ.tid[left + k])
+        if tid != waiter:
+            held[tid] += min(hi, int(ends[k])) - max(lo, int(starts[k]))
+    return held
+
+
+def waits_behind(
+    slices: OnCpu, occ: Occupancy, tasks: Tasks, top: int = 10
+) -> tuple[list[WaitRow], list[Occupant]]:
+    """The `top` longest waits with who held the CPU meanwhile, and who held the CPUs
+    over all the waits of target threads (the ones that pushed the target off)."""
+    wait = slices.wait_end - slices.wait_start
+    # Over all waits: per CPU, W(t) = target threads waiting for it; a holder's share is
+    # the integral of W over its interval (F(end) - F(start), F the integral of W).
+    total = Counter[int]()
+    for cpu in np.unique(slices.wait_cpu).tolist():
+        mine = slices.wait_cpu == cpu
+        t = np.concatenate([slices.wait_start[mine], slices.wait_end[mine]])
+        step = np.concatenate(
+            [np.ones(int(mine.sum()), np.int64), -np.ones(int(mine.sum()), np.int64)]
+        )
+        o = np.argsort(t, kind="stable")
+        t, level = t[o], np.cumsum(step[o])
+        area = np.r_[0, np.cumsum(level[:-1] * np.diff(t))]  # F at each t
+
+        def integral(x: I64, t: I64 = t, level: I64 = level, area: I64 = area) -> I64:
+            k = np.searchsorted(t, x, "right") - 1
+            safe = np.maximum(k, 0)
+            return np.where(k >= 0, area[safe] + level[safe] * (x - t[safe]), 0)
+
+        held = occ.cpu == cpu
+        share = integral(occ.end[held]) - integral(occ.start[held])
+        total.update(_sum_by(occ.tid[held], share))
+    total = Counter({tid: ns for tid, ns in total.items() if ns > 0})
+    rows = []
+    for i in np.argsort(-wait, kind="stable")[:top].tolist():
+        tid, cpu = int(slices.wait_tid[i]), int(slices.wait_cpu[i])
+        lo, hi = int(slices.wait_start[i]), int(slices.wait_end[i])
+        held = _held_during(occ, cpu, lo, hi, tid)
+        rows.append(
+            WaitRow(
+                ts_ns=lo,
+                pid=tasks.pid_of(tid),
+                tid=tid,
+                comm=tasks.comm_of(tid),
+                cpu=cpu,
+                wait_ns=hi - lo,
+                ran=tuple(Occupant(occ.names.get(t, ""), t, ns) for t, ns in held.most_common(5)),
+            )
+        )
+    behind = [Occupant(occ.names.get(t, ""), t, ns) for t, ns in total.most_common(10)]
+    return rows, behind
+
+
+def build_timeline(capture: Capture, tasks: Tasks, slices: OnCpu, occ: Occupancy) -> Timeline:
+    tids = sorted(set(slices.tid.tolist()))
+    threads = tuple((tasks.pid_of(t), t, tasks.comm_of(t)) for t in tids)
+    pid_of = {t: p for p, t, _ in threads}
+    on = tuple(
+        CpuSlice(pid_of[t], t, c, s, e)
+        for t, c, s, e in zip(
+            slices.tid.tolist(),
+            slices.cpu.tolist(),
+            slices.start.tolist(),
+            slices.end.tolist(),
+            strict=True,
+        )
+    )
+    wakeups = []
+    for name in ("sched_wakeup", "sched_wakeup_new"):
+        w = capture.get(name)
+        for ts, tid, waker, cpu in zip(
+            _i64(w, "ts").tolist(), _i64(w, "pid").tolist(), _i64(w, "common_pid").tolist(),
+            _i64(w, "target_cpu").tolist(), strict=True,
+        ):  # fmt: skip
+            if tasks.is_target(tid):
+                wakeups.append(Wakeup(ts, tasks.pid_of(tid), tid, waker, cpu))
+    wakeups.sort(key=lambda w: w.ts_ns)
+    cpu_slices = tuple(
+        CpuSlice(0, t, c, s, e)
+        for t, c, s, e in zip(
+            occ.tid.tolist(), occ.cpu.tolist(), occ.start.tolist(), occ.end.tolist(), strict=True
+        )
+    )
+    # Target threads waiting per CPU: +1 when a wait starts, -1 when it ends (charged to
+    # the CPU the thread then ran on).
+    stamps = np.concatenate([slices.wait_start, slices.wait_end])
+    cpus = np.concatenate([slices.wait_cpu, slices.wait_cpu])
+    step = np.concatenate(
+        [np.ones(len(slices.wait_start), np.int64), -np.ones(len(slices.wait_end), np.int64)]
+    )
+    o = np.lexsort((step, stamps, cpus))
+    stamps, cpus, step = stamps[o], cpus[o], step[o]
+    runnable = []
+    for cpu in np.unique(cpus).tolist():
+        mine = cpus == cpu
+        level = np.cumsum(step[mine])
+        runnable += [
+            CounterSample(t, cpu, v)
+            for t, v in zip(stamps[mine].tolist(), level.tolist(), strict=True)
+        ]
+    names = dict(occ.names)
+    names.update({t: c for _, t, c in threads})
+    return Timeline(threads, on, tuple(wakeups), cpu_slices, names, tuple(runnable))

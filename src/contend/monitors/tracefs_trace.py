@@ -1,0 +1,307 @@
+"""`contend trace --backend tracefs`: the monitors on every event, read from ftrace.
+
+One private instance records the target's events (`set_event_pid` with event-fork: the
+target's threads at the start, a launched command's gate process, and everything they
+create); the reader drains the per-CPU buffers every `READ_INTERVAL_S` without blocking
+and decodes each batch at once; at the end `timeline` turns the events into the same
+rows as the bpftrace backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from contend.collect import tracefs as tf
+from contend.collect.launch import Launched, launch
+from contend.collect.procfs import ProcFS
+from contend.errors import ContendError, Terminated
+from contend.model import (
+    CpuRow,
+    FileRow,
+    IoRow,
+    Occupant,
+    Overhead,
+    PreemptorRow,
+    SyscallRow,
+    Timeline,
+    TraceResult,
+    WaitRow,
+)
+from contend.monitors import MONITORS, TraceOptions, thread_owner
+from contend.monitors import timeline as tl
+
+# Drain the buffers ten times a second: at 60k events/s that is 6k records (~400 KiB)
+# a batch, far below the default 4 MiB per CPU, and no wakeup per event.
+READ_INTERVAL_S = 0.1
+PAGE_KB = 4
+
+
+def event_specs(monitors: tuple[str, ...], machine: str | None = None) -> list[tf.EventSpec]:
+    chosen = set(monitors)
+    specs = [tf.EventSpec("task", "task_newtask", ("pid", "comm", "clone_flags"))]
+    specs += [
+        tf.EventSpec("sched", "sched_process_exec", ("filename", "pid")),
+        tf.EventSpec("sched", "sched_process_exit", ("pid", "comm")),
+    ]
+    if "cpu" in chosen:
+        specs += [
+            tf.EventSpec(
+                "sched", "sched_switch",
+                ("prev_comm", "prev_pid", "prev_state", "next_comm", "next_pid"),
+            ),
+            tf.EventSpec("sched", "sched_wakeup", ("pid", "target_cpu")),
+            tf.EventSpec("sched", "sched_wakeup_new", ("pid", "target_cpu")),
+        ]  # fmt: skip
+    if "process" in chosen:
+        specs.append(tf.EventSpec("signal", "signal_deliver", ("sig", "sa_handler")))
+    if chosen & {"syscalls", "process", "io"}:
+        # Only the io monitor: only its calls, by number (integers only in the filter).
+        only = None
+        if not chosen & {"syscalls", "process"}:
+            only = tf.id_filter(tl.io_numbers(machine))
+        specs += [
+            tf.EventSpec("raw_syscalls", "sys_enter", ("id", "args[0]"), only),
+            tf.EventSpec("raw_syscalls", "sys_exit", ("id", "ret"), only),
+        ]
+    return specs
+
+
+@dataclass
+class TracefsRun:
+    """What a tracefs run gives besides its result: the events and the analysis that
+    the timeline outputs (Perfetto, longest waits) are drawn from."""
+
+    result: TraceResult
+    capture: tf.Capture
+    tasks: tl.Tasks
+    slices: tl.OnCpu | None
+    occupancy: tl.Occupancy | None = None
+    paths: dict[tuple[int, int], str] = dataclasses.field(default_factory=dict)
+
+    def timeline(self) -> Timeline:
+        """The cpu monitor's events as a timeline (needs the cpu monitor)."""
+        if self.slices is None or self.occupancy is None:
+            raise ContendError("the timeline needs the cpu monitor")
+        return tl.build_timeline(self.capture, self.tasks, self.slices, self.occupancy)
+
+
+def _initial(opts: TraceOptions, launched: Launched | None, fs: ProcFS) -> dict[int, int] | None:
+    """tid -> tgid of the target's tasks at the start; None: the whole system."""
+    target = opts.target
+    pids: list[int]
+    if launched is not None:
+        return {launched.proc.pid: launched.proc.pid}
+    if target.pids:
+        pids = list(target.pids)
+    elif target.comm is not None:
+        pids = fs.pids_with_comm(target.comm)
+    elif target.cgroup is not None:
+        try:
+            pids = [int(p) for p in (target.cgroup / "cgroup.procs").read_text().split()]
+        except OSError:
+            pids = []
+    else:
+        return None
+    return {tid: pid for pid in pids for tid in fs.tids(pid)}
+
+
+def _resolve_opens(tracer: tf.Tracer, paths: dict[tuple[int, int], str], seen: list[int]) -> None:
+    """Paths of files opened since the last batch, read from /proc/TID/fd while the
+    task lives: syscall events carry the filename as a user pointer only."""
+    chunks = tracer.chunks("sys_exit")
+    enters = tracer.chunks("sys_enter")
+    opens = set(tl.io_numbers()) & {
+        nr for nr, name in tl.io_numbers().items() if name in ("open", "openat")
+    }
+    for chunk in chunks[seen[0] :]:
+        ids, rets = chunk["id"].astype(np.int64), chunk["ret"].astype(np.int64)
+        tids, stamps = chunk["common_pid"], chunk["ts"]
+        hit = np.isin(ids.astype(np.int64), np.fromiter(opens, np.int64)) & (rets >= 0)
+        for tid, fd, ts in zip(
+            tids[hit].tolist(), rets[hit].tolist(), stamps[hit].tolist(), strict=True
+        ):
+            try:
+                path = os.readlink(f"/proc/{tid}/fd/{fd}")
+            except OSError:
+                continue
+            # Keyed by the enter: the latest enter of this thread before the exit.
+            for ech in reversed(enters):
+                mine = (ech["common_pid"] == tid) & (ech["ts"] <= ts)
+                if np.any(mine):
+                    paths[(tid, int(ech["ts"][mine][-1]))] = path
+                    break
+    seen[0] = len(chunks)
+
+
+def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) -> TracefsRun:
+    machine = platform.machine()
+    buffer_kb = (opts.buffer_pages or tf.DEFAULT_BUFFER_KB // PAGE_KB) * PAGE_KB
+    tracer = tf.Tracer(event_specs(opts.monitors, machine), buffer_kb=buffer_kb)
+    fs = ProcFS()
+    launched = launch(opts.target.command) if opts.target.command else None
+    notes: list[str] = []
+    exit_status: int | None = None
+    paths: dict[tuple[int, int], str] = {}
+    seen = [0]
+    cpu0 = time.process_time()
+    try:
+        initial = _initial(opts, launched, fs)
+        tracer.open(follow=None if initial is None else list(initial))
+        started = time.monotonic()
+        tracer.start()
+        if launched is not None:
+            launched.release()
+        deadline = started + opts.duration_s if opts.duration_s else None
+        try:
+            while True:
+                if launched is not None and launched.proc.poll() is not None:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                watched = opts.target.watch_pid
+                if watched is not None and not os.path.exists(f"/proc/{watched}"):
+                    notes.append(f"the target stopped mid-trace (pid {watched} exited)")
+                    break
+                wait(READ_INTERVAL_S)
+                tracer.poll()
+                if "io" in opts.monitors:
+                    _resolve_opens(tracer, paths, seen)
+        except (KeyboardInterrupt, Terminated):
+            notes.append("stopped by a signal before the end")
+        ended = time.monotonic()
+        capture = tracer.finish()
+        reading_cpu_s = time.process_time() - cpu0
+    finally:
+        tracer.close()
+        if launched is not None:
+            if launched.gate_w >= 0:
+                launched.abort()
+            if launched.proc.poll() is None:
+                launched.proc.terminate()
+                try:
+                    launched.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    launched.proc.kill()
+                    launched.proc.wait()
+            rc = launched.proc.returncode
+            exit_status = rc if rc >= 0 else 128 - rc
+    tasks = tl.Tasks(
+        tgid=dict(initial or {}),
+        targets=set(initial or {}),
+        everyone=initial is None,
+        resolve=thread_owner,
+    )
+    run = analyse(opts.monitors, capture, tasks, paths, machine)
+    cpu_s = time.process_time() - cpu0
+    notes.append(
+        f"tracefs: tracer CPU {reading_cpu_s:.2f} s setting up, reading and decoding, "
+        f"{cpu_s - reading_cpu_s:.2f} s analysing"
+    )
+    if opts.target.system_wide:
+        notes.append("no target given: the whole system was traced")
+    if opts.target.comm is not None:
+        notes.append(
+            "tracefs: --comm follows the processes of that name at the start and their children"
+        )
+    run.paths = paths
+    run.result = dataclasses.replace(
+        run.result,
+        target=opts.target.describe(),
+        duration_s=ended - started,
+        overhead=Overhead(tracer_cpu_s=cpu_s, events=capture.records),
+        notes=(*notes, *run.result.notes),
+        exit_status=exit_status,
+    )
+    return run
+
+
+def analyse(
+    monitors: tuple[str, ...],
+    capture: tf.Capture,
+    tasks: tl.Tasks,
+    paths: dict[tuple[int, int], str] | None = None,
+    machine: str | None = None,
+) -> TracefsRun:
+    """Events to a TraceResult (the same code path for a live run and a saved session)."""
+    chosen = set(monitors)
+    tl.learn_tasks(capture, tasks)
+    notes: list[str] = []
+    calls = tl.pair_calls(capture, tasks)
+    sys_rows = (
+        tl.syscall_rows(calls, tasks, tl.exited_tids(capture), machine)
+        if "syscalls" in chosen
+        else []
+    )
+    slices = None
+    occ = None
+    longest: list[WaitRow] = []
+    behind: list[Occupant] = []
+    cpu_rows: list[CpuRow] = []
+    preempt: list[PreemptorRow] = []
+    if "cpu" in chosen:
+        slices = tl.on_cpu(capture, tasks)
+        cpu_rows, preempt = tl.cpu_rows(capture, tasks, slices)
+        occ = tl.occupancy(capture, slices)
+        longest, behind = tl.waits_behind(slices, occ, tasks)
+        if slices.inferred:
+            notes.append(
+                f"cpu: {slices.inferred} slices began with a switch from idle that this "
+                "kernel's ftrace did not record; they start at the task's wakeup"
+            )
+    io_rows: list[IoRow] = []
+    file_rows: list[FileRow] = []
+    if "io" in chosen:
+        io_rows, file_rows, unresolved = tl.io_rows(calls, tasks, paths or {}, machine)
+        if unresolved:
+            notes.append(
+                f"io: {unresolved} opened files have no path (syscall events carry only a "
+                "pointer; paths are read from /proc/PID/fd while the process lives)"
+            )
+    if capture.lost_events:
+        notes.append(f"{capture.lost_events} events were lost: results are incomplete")
+    lost = ", ".join(f"cpu{c} {n}" for c, n in sorted(capture.lost_by_cpu.items()))
+    notes.append(f"tracefs: events lost per CPU: {lost}")
+    result = TraceResult(
+        backend="tracefs",
+        target="",
+        monitors=tuple(m for m in MONITORS if m in chosen),
+        duration_s=0.0,
+        lost_events=capture.lost_events,
+        overhead=Overhead(tracer_cpu_s=None, events=capture.records),
+        syscalls=tuple(sys_rows),
+        cpu=tuple(cpu_rows),
+        preemptors=tuple(preempt),
+        process=tuple(tl.process_events(capture, tasks, calls)) if "process" in chosen else (),
+        process_syscalls=tuple(tl_totals(sys_rows) if sys_rows else tl.syscall_totals(calls, tasks))
+        if "process" in chosen
+        else (),
+        io=tuple(io_rows),
+        files=tuple(file_rows),
+        notes=tuple(notes),
+        syscall_latency="exact",
+        lost_by_cpu=tuple(capture.lost_by_cpu[c] for c in sorted(capture.lost_by_cpu)),
+        longest_waits=tuple(longest),
+        waited_behind=tuple(behind),
+    )
+    return TracefsRun(result, capture, tasks, slices, occ)
+
+
+def tl_totals(rows: list[SyscallRow]) -> list[tuple[int, str, int]]:
+    counts: dict[tuple[int, str], int] = {}
+    for r in rows:
+        counts[(r.pid, r.comm)] = counts.get((r.pid, r.comm), 0) + r.count
+    return sorted(((p, c, n) for (p, c), n in counts.items()), key=lambda r: (-r[2], r[0]))
+
+
+def check_available() -> None:
+    ok, why = tf.available()
+    if not ok:
+        raise ContendError(f"--backend tracefs: {why}")

@@ -1,0 +1,420 @@
+"""contend trace --backend tracefs, for real: the exact-count workloads of test_trace.py,
+parity with the bpftrace backend, and nothing left in tracefs however it stops."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import contend_command, need
+from contend.collect.procfs import ProcFS
+from test_trace import KNOWN, _busy_pinned, trace_json
+
+pytestmark = pytest.mark.kernel
+INSTANCES = Path("/sys/kernel/tracing/instances")
+
+
+@pytest.fixture(scope="module")
+def root() -> None:
+    need(os.geteuid() == 0, "needs root")
+    need(Path("/sys/kernel/tracing").is_dir(), "needs tracefs")
+
+
+def ours() -> set[str]:
+    if not INSTANCES.is_dir():
+        return set()
+    return {n for n in os.listdir(INSTANCES) if n.startswith("contend-")}
+
+
+@pytest.fixture(autouse=True)
+def no_instance_left_behind() -> Any:
+    before = ours()
+    yield
+    assert ours() == before, f"tracefs instances left behind: {ours() - before}"
+
+
+@pytest.fixture(scope="module")
+def tracefs_known(root: None) -> tuple[int, dict[str, Any]]:
+    rc, result, _ = trace_json("all", "--backend", "tracefs", "--", sys.executable, "-c", KNOWN)
+    return rc, result
+
+
+@pytest.fixture(scope="module")
+def bpftrace_known(root: None) -> dict[str, Any]:
+    need(shutil.which("bpftrace") is not None, "needs bpftrace")
+    rc, result, err = trace_json("all", "--latency", "exact", "--", sys.executable, "-c", KNOWN)
+    assert rc == 42, err
+    return result
+
+
+def main_pid(result: dict[str, Any]) -> int:
+    (pid,) = {r["pid"] for r in result["syscalls"] if r["syscall"] == "getsid"}
+    return int(pid)
+
+
+def exact_counts(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures of KNOWN that both backends must give exactly."""
+    pid = main_pid(result)
+    sys_rows = {r["syscall"]: r for r in result["syscalls"] if r["pid"] == pid}
+    io = {r["op"]: r for r in result["io"] if r["pid"] == pid}
+    events = result["process"]
+    forks = [e for e in events if e["event"] == "fork" and e["ppid"] == pid]
+    children = {e["pid"] for e in forks}
+    exits = sorted(
+        (e["exit_code"], e["signal"])
+        for e in events
+        if e["event"] == "exit" and e["pid"] in children and e["pid"] == e["tid"]
+    )
+    main_exit = [
+        (e["exit_code"], e["signal"])
+        for e in events
+        if e["event"] == "exit" and e["pid"] == pid and e["tid"] == pid
+    ]
+    return {
+        "getsid": (sys_rows["getsid"]["count"], sys_rows["getsid"]["errors"]),
+        "getsid_timed": sys_rows["getsid"]["timed"],
+        "exit_group": sys_rows["exit_group"]["count"],
+        "wait4": (sys_rows["wait4"]["count"], sys_rows["wait4"]["blocking"]),
+        "writes": (io["write"]["count"], io["write"]["bytes"]),
+        "forks": len(forks),
+        "child_exits": exits,
+        "threads": len([e for e in events if e["event"] == "thread" and e["pid"] == pid]),
+        "main_exit": main_exit,
+        "exit_status": result["exit_status"],
+        "lost": result["lost_events"],
+    }
+
+
+def test_tracefs_gives_the_exact_counts(tracefs_known: tuple[int, dict[str, Any]]) -> None:
+    rc, result = tracefs_known
+    assert rc == 42
+    assert result["schema"] == "contend.trace/1" and result["backend"] == "tracefs"
+    assert result["syscall_latency"] == "exact"
+    assert exact_counts(result) == {
+        "getsid": (1234, 0),
+        "getsid_timed": 1234,
+        "exit_group": 1,
+        "wait4": (4, True),
+        "writes": (500, 500 * 37),
+        "forks": 4,
+        "child_exits": [(0, 9), (3, 0), (5, 0), (7, 0)],
+        "threads": 4,
+        "main_exit": [(42, 0)],
+        "exit_status": 42,
+        "lost": 0,
+    }
+    assert "tracefs: events lost per CPU: cpu0 0, cpu1 0" in result["notes"]
+    getsid = next(r for r in result["syscalls"] if r["syscall"] == "getsid")
+    assert 0 < getsid["avg_ns"] <= getsid["max_ns"]
+    summary = {r["pid"]: r["syscalls"] for r in result["process_syscalls"]}
+    assert summary[main_pid(result)] > 1234 + 500
+
+
+def test_parity_with_bpftrace_on_the_known_workload(
+    tracefs_known: tuple[int, dict[str, Any]], bpftrace_known: dict[str, Any]
+) -> None:
+    _, tracefs = tracefs_known
+    assert exact_counts(tracefs) == exact_counts(bpftrace_known)
+
+    # Every syscall of the main process (interpreter startup included): the same calls,
+    # the same errors; counts equal but for futex (how often the 4 threads' start and
+    # join contend depends on timing: 21 vs 15 seen) and mmap/munmap/mprotect off by a
+    # few (30 vs 32, 8 vs 9, 7 vs 9: glibc makes a malloc arena per thread that runs
+    # concurrently, which depends on timing too).
+    def counts(result: dict[str, Any]) -> dict[str, tuple[int, int]]:
+        pid = main_pid(result)
+        return {
+            r["syscall"]: (r["count"], r["errors"]) for r in result["syscalls"] if r["pid"] == pid
+        }
+
+    a, b = counts(tracefs), counts(bpftrace_known)
+    assert set(a) == set(b) and len(a) > 30
+    assert all(a[k][1] == b[k][1] for k in a)
+    off = {k: (a[k][0], b[k][0]) for k in a if a[k][0] != b[k][0]}
+    assert set(off) <= {"futex", "mmap", "munmap", "mprotect"}, off
+    assert all(abs(x - y) <= 3 for k, (x, y) in off.items() if k != "futex"), off
+
+
+def test_text_output_has_the_original_blocks(root: None) -> None:
+    done = subprocess.run(
+        [*contend_command(), "trace", "all", "--backend", "tracefs", "--", sys.executable,
+         "-c", "import os; os.write(1, b'hi\\n')"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for block in ("=== System Calls Summary ===", "=== Process Activity Summary ===",
+                  "=== I/O Operations Summary ===", "=== CPU Scheduling Summary ==="):  # fmt: skip
+        assert block in done.stdout
+    assert "backend tracefs" in done.stdout and "0 lost" in done.stdout
+
+
+def _schedstat_run(
+    backend: str,
+) -> tuple[dict[int, dict[str, Any]], dict[int, Any], dict[int, Any]]:
+    procs = [_busy_pinned(0), _busy_pinned(0)]
+    fs = ProcFS()
+    try:
+        time.sleep(0.5)
+        before = {p.pid: next(iter(fs.tasks([p.pid]))) for p in procs}
+        rc, result, err = trace_json(
+            "cpu", "--backend", backend, "--pid", str(procs[0].pid), "--pid", str(procs[1].pid),
+            "--duration", "3",
+        )  # fmt: skip
+        after = {p.pid: next(iter(fs.tasks([p.pid]))) for p in procs}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert rc == 0, err
+    return {r["pid"]: r for r in result["cpu"] if r["tid"]}, before, after
+
+
+def test_two_pinned_busy_loops_against_schedstat_and_bpftrace(root: None) -> None:
+    need(shutil.which("bpftrace") is not None, "needs bpftrace")
+    figures: dict[str, list[tuple[float, float, float]]] = {}
+    for backend in ("tracefs", "bpftrace"):
+        rows, before, after = _schedstat_run(backend)
+        total = sum(r["on_cpu_ns"] for r in rows.values())
+        figures[backend] = []
+        for pid, row in rows.items():
+            share = row["on_cpu_ns"] / total
+            assert 0.45 <= share <= 0.55, (backend, share)
+            b, a = before[pid], after[pid]
+            sched_slices = a.slices - b.slices
+            sched_slice = (a.on_cpu_ns - b.on_cpu_ns) / sched_slices
+            sched_wait = (a.run_queue_wait_ns - b.run_queue_wait_ns) / sched_slices
+            slice_ns = row["on_cpu_ns"] / row["slices"]
+            wait_ns = row["run_queue_latency"]["avg_ns"]
+            assert slice_ns == pytest.approx(sched_slice, rel=0.10), backend
+            assert wait_ns == pytest.approx(sched_wait, rel=0.10), backend
+            assert row["involuntary_switches"] >= 0.9 * row["slices"]
+            figures[backend].append((share, slice_ns, wait_ns))
+    # Each backend is within 10% of the kernel's own accounting over its own window; the
+    # windows differ (one after the other on a machine shared with other tests), so
+    # between backends only 20% is asked (seen: 4.00 vs 4.55 ms of wait under load).
+    assert len(figures["tracefs"]) == len(figures["bpftrace"]) == 2, figures
+    for (_, s1, w1), (_, s2, w2) in zip(
+        sorted(figures["tracefs"]), sorted(figures["bpftrace"]), strict=True
+    ):
+        assert s1 == pytest.approx(s2, rel=0.20) and w1 == pytest.approx(w2, rel=0.20)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_nothing_left_in_tracefs_however_it_stops(root: None, sig: int) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    proc = subprocess.Popen(
+        [*contend_command(), "trace", "all", "--backend", "tracefs", "--pid", str(sleeper.pid),
+         "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    name = f"contend-{proc.pid}"
+    try:
+        deadline = time.monotonic() + 60
+        while name not in ours() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert name in ours()
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -9
+        assert name in ours()  # nobody could give it back ...
+        done = subprocess.run(
+            [*contend_command(), "doctor", "--cleanup"], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert name in done.stdout and "removed" in done.stdout  # ... until the next run
+        assert name not in ours()
+    else:
+        assert proc.returncode == 0, err
+        result = json.loads(out)
+        assert "stopped by a signal before the end" in result["notes"]
+        assert name not in ours()
+
+
+def test_a_killed_run_is_reclaimed_by_the_next_trace(root: None) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    os.mkdir(INSTANCES / f"contend-{dead.pid}")
+    rc, _, err = trace_json("process", "--backend", "tracefs", "--duration", "0.3",
+                                 "--pid", str(os.getpid()))  # fmt: skip
+    assert rc == 0, err
+    assert f"contend-{dead.pid}" not in ours()
+
+
+def test_bad_input_is_one_line(root: None) -> None:
+    done = subprocess.run(
+        [*contend_command(), "trace", "cpu", "--backend", "tracefs", "--events"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "--events needs the bpftrace backend" in done.stderr
+    done = subprocess.run(
+        [*contend_command(), "trace", "cpu", "--backend", "ftrace"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "tracefs" in done.stderr
+
+
+# --- the timeline: Perfetto and the longest waits ----------------------------------------
+
+BURN = (
+    "import time\n"
+    "end = time.thread_time() + 1.5\n"
+    "while time.thread_time() < end:\n"
+    "    pass\n"
+    "for _ in range(20):\n"
+    "    time.sleep(0.005)\n"
+    "print(open('/proc/self/schedstat').read().split()[0])\n"
+)
+
+
+def check_trace_format(doc: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """The Trace Event Format's rules that Perfetto relies on; returns X events per tid."""
+    events = doc["traceEvents"]
+    assert doc["displayTimeUnit"] == "ns"
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+             if e["ph"] == "M" and e["name"] == "thread_name"}  # fmt: skip
+    processes = {e["pid"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
+    per_tid: dict[int, list[dict[str, Any]]] = {}
+    for e in events:
+        assert e["ph"] in ("X", "i", "C", "M", "s", "f")
+        if e["ph"] in ("X", "i", "s", "f"):
+            assert (e["pid"], e["tid"]) in names and e["pid"] in processes
+        if e["ph"] == "X":
+            assert e["dur"] >= 0 and e["ts"] >= 0
+            per_tid.setdefault(e["tid"], []).append(e)
+    for slices in per_tid.values():
+        slices.sort(key=lambda e: e["ts"])
+        for a, b in itertools.pairwise(slices):
+            assert a["ts"] + a["dur"] <= b["ts"] + 1e-3, (a, b)  # no overlap on a track
+    flows = [e for e in events if e["ph"] in ("s", "f")]
+    assert sorted(e["id"] for e in flows if e["ph"] == "s") == sorted(
+        e["id"] for e in flows if e["ph"] == "f"
+    )
+    return per_tid
+
+
+def test_perfetto_slices_add_up_to_proc_cpu_time(root: None, tmp_path: Path) -> None:
+    trace = tmp_path / "burn.json"
+    done = subprocess.run(
+        [*contend_command(), "trace", "cpu", "--backend", "tracefs", "--format", "json",
+         "-o", str(tmp_path / "r.json"), "--perfetto", str(trace), "--", sys.executable, "-c", BURN],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    schedstat_ns = int(done.stdout.split()[-1])
+    result = json.loads((tmp_path / "r.json").read_text())
+    (pid,) = {r["pid"] for r in result["cpu"] if r["tid"]}
+    doc = json.loads(trace.read_text())
+    per_tid = check_trace_format(doc)
+    # Microseconds: the slices in the file sum to the on-CPU ns of the JSON / 1000.
+    total_us = sum(e["dur"] for e in per_tid[pid])
+    row = next(r for r in result["cpu"] if r["tid"] == pid)
+    assert total_us == pytest.approx(row["on_cpu_ns"] / 1000, rel=1e-6)
+    # ... and to what the kernel charged the process (its gate's start, untraced, aside).
+    assert total_us * 1000 == pytest.approx(schedstat_ns, rel=0.05), result["notes"]
+    assert all(e["args"]["cpu"] in (0, 1) for e in per_tid[pid])
+    wakeups = [e for e in doc["traceEvents"] if e["ph"] == "i" and e["tid"] == pid]
+    assert len(wakeups) >= 20  # one per sleep at least
+    meta = {e["args"].get("name", "") for e in doc["traceEvents"] if e["ph"] == "M"}
+    assert f"python {pid}" in {m.replace("python3", "python") for m in meta}
+    assert "CPUs" in meta and any(m.startswith("CPU ") for m in meta)
+
+
+def test_longest_waits_name_who_held_the_cpu(root: None, tmp_path: Path) -> None:
+    """Two busy loops pinned to CPU 0, tracing one: its waits are spent behind the other."""
+    procs = [_busy_pinned(0), _busy_pinned(0)]
+    trace = tmp_path / "pair.json"
+    try:
+        time.sleep(0.3)
+        rc, result, err = trace_json(
+            "cpu", "--backend", "tracefs", "--pid", str(procs[0].pid), "--duration", "2",
+            "--perfetto", str(trace),
+        )  # fmt: skip
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert rc == 0, err
+    row = next(r for r in result["cpu"] if r["tid"] == procs[0].pid)
+    total_wait = row["run_queue_latency"]["avg_ns"] * row["run_queue_latency"]["count"]
+    behind = {o["tid"]: o["ns"] for o in result["waited_behind"]}
+    # The CPU is never idle while it waits: the holders' time adds up to the waits.
+    assert sum(behind.values()) == pytest.approx(total_wait, rel=0.05)
+    # The other loop holds CPU 0 for a good part of the waits (not all: whatever else
+    # runs on this shared machine takes its turns too).
+    assert behind[procs[1].pid] >= 0.2 * total_wait
+    longest = result["longest_waits"]
+    assert len(longest) == 10
+    waits = [w["wait_ns"] for w in longest]
+    assert waits == sorted(waits, reverse=True) and waits[0] >= 1_000_000  # >= 1 ms slices
+    for w in longest:
+        assert w["tid"] == procs[0].pid and w["cpu"] == 0
+        assert sum(o["ns"] for o in w["ran"]) == pytest.approx(w["wait_ns"], rel=0.02)
+    doc = json.loads(trace.read_text())
+    per_tid = check_trace_format(doc)
+    cpu0 = [
+        e for e in doc["traceEvents"] if e["ph"] == "X" and e["args"].get("tid") == procs[1].pid
+    ]
+    assert cpu0 and procs[1].pid not in per_tid  # the other loop shows on the CPU track only
+
+
+# --- session files: record now, report later --------------------------------------------
+
+
+def test_record_then_report_gives_the_same_result(root: None, tmp_path: Path) -> None:
+    session = tmp_path / "known.session"
+    done = subprocess.run(
+        [*contend_command(), "record", "-o", str(session), "--", sys.executable, "-c", KNOWN],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 42, done.stderr
+    assert "0 lost" in done.stdout and session.stat().st_size < 200_000
+    report = subprocess.run(
+        [*contend_command(), "report", str(session), "--format", "json",
+         "--perfetto", str(tmp_path / "p.json")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    result = json.loads(report.stdout)
+    assert result["backend"] == "tracefs" and result["monitors"] == [
+        "syscalls", "cpu", "process", "io"]  # fmt: skip
+    assert exact_counts(result)["getsid"] == (1234, 0)
+    assert exact_counts(result)["writes"] == (500, 500 * 37)
+    assert exact_counts(result)["child_exits"] == [(0, 9), (3, 0), (5, 0), (7, 0)]
+    assert exact_counts(result)["main_exit"] == [(42, 0)] and result["exit_status"] == 42
+    check_trace_format(json.loads((tmp_path / "p.json").read_text()))
+    # The same file analysed twice gives the same document.
+    again = subprocess.run(
+        [*contend_command(), "report", str(session), "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert json.loads(again.stdout) == result
+
+
+def test_report_refuses_what_is_not_a_session(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.session"
+    bogus.write_text("not a zip")
+    done = subprocess.run(
+        [*contend_command(), "report", str(bogus)], capture_output=True, text=True
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "not a contend session file" in done.stderr
+    done = subprocess.run(
+        [*contend_command(), "report", str(bogus), "--format", "xml"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2 and "not text or json" in done.stderr
