@@ -140,9 +140,14 @@ def test_parity_with_bpftrace_on_the_known_workload(
     a, b = counts(tracefs), counts(bpftrace_known)
     assert set(a) == set(b) and len(a) > 30
     assert all(a[k][1] == b[k][1] for k in a)
+    # `exit` and `rt_sigprocmask` of the 4 threads were seen off by one in 3 runs of 14
+    # with another lab loading the machine (a thread's exit racing the end of its
+    # tracer's accounting); they may differ by one, never more.
     off = {k: (a[k][0], b[k][0]) for k in a if a[k][0] != b[k][0]}
-    assert set(off) <= {"futex", "mmap", "munmap", "mprotect"}, off
+    timing = {"futex", "mmap", "munmap", "mprotect", "exit", "rt_sigprocmask"}
+    assert set(off) <= timing, off
     assert all(abs(x - y) <= 3 for k, (x, y) in off.items() if k != "futex"), off
+    assert all(abs(x - y) <= 1 for k, (x, y) in off.items() if k in ("exit", "rt_sigprocmask"))
 
 
 def test_text_output_has_the_original_blocks(root: None) -> None:
