@@ -99,11 +99,16 @@ def test_lab_diagnosis_names_the_right_cause(lab_json: dict[str, Any]) -> None:
         assert max(sleeping, key=lambda k: sleeping[k]) in ("futex", "epoll_wait")
         assert arm["series"] and arm["latencies_ms"] and arm["histograms"]["run_queue_us"]
     assert arms["baseline"]["verdict"]["causes"] == []
-    top = arms["contention"]["diagnosis"][0]
-    # Alone on the machine the quota takes about half of the app's demand (0.49-0.55 seen);
-    # other busy processes on the host take their part too.
-    assert top["kind"] == "quota" and top["share_of_demand"] >= 0.15
-    assert "throttled by the 0.5-CPU quota" in arms["contention"]["verdict"]["causes"][0]
+    # Alone on the machine the quota takes about half of the app's demand (0.49-0.55
+    # seen) and the noise a quarter; other busy processes on the host, if any, take
+    # their part too, so the quota is compared with the lab's own noise.
+    diagnosis = {c["who"].split(" (")[0]: c for c in arms["contention"]["diagnosis"]}
+    quota, noise = diagnosis["the 0.5-CPU quota"], diagnosis["the noise"]
+    assert quota["share_of_demand"] >= 0.15
+    assert quota["share_of_demand"] > noise["share_of_demand"]
+    assert any(
+        "throttled by the 0.5-CPU quota" in c for c in arms["contention"]["verdict"]["causes"]
+    )
     unlimited = arms["unlimited"]["diagnosis"]
     assert unlimited[0]["kind"] == "neighbour" and unlimited[0]["who"].startswith("the noise")
     assert all(c["kind"] != "quota" for c in unlimited)
