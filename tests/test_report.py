@@ -212,3 +212,49 @@ def test_html_report_in_a_real_browser(lab: LabResult, tmp_path: Path) -> None:
     assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "<script" not in text  # nothing to run, nothing to fetch
     check_report(path, lab.to_json_dict())
+
+
+def test_report_html_of_a_recorded_session(tmp_path: Path) -> None:
+    """Record a busy loop sharing a CPU with another, report it as HTML: the page shows
+    the loop's time split and names the other loop as who held the CPU."""
+    import os
+    import sys
+
+    from conftest import need
+
+    need(os.geteuid() == 0, "needs root (tracefs)")
+
+    def pinned() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                preexec_fn=lambda: os.sched_setaffinity(0, {1}))  # fmt: skip
+
+    a, b = pinned(), pinned()
+    session, page, doc = tmp_path / "s.session", tmp_path / "r.html", tmp_path / "r.json"
+    try:
+        done = subprocess.run([*contend_command(), "record", "--pid", str(a.pid), "--duration",
+                               "2", "-o", str(session)], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait()
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([*contend_command(), "report", str(session), "--format", "json",
+                           "-o", str(doc), "--html", str(page)], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(doc.read_text())
+    shown = open_page(page)
+    assert shown.console_errors == [] and shown.drawn_series >= 5
+    assert ink_fraction(shown.screenshot) > 0.02
+    assert len(shown.marked) >= 6
+    for key, (raw, text) in shown.marked.items():
+        want = json_value(result, key)
+        if want is None:
+            assert raw == "" and text == "n/a", key
+        else:
+            assert isinstance(want, int | float)
+            assert float(raw) == pytest.approx(float(want)), key
+    text = page.read_text()
+    assert "Who held the CPU while target threads waited" in text
+    assert f"({b.pid})" in text  # the other loop, named

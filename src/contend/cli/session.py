@@ -13,6 +13,7 @@ from contend.errors import UsageError
 from contend.monitors import MONITORS, TraceOptions
 from contend.monitors import session as sessions
 from contend.monitors.tracefs_trace import check_available, run_tracefs
+from contend.render import html as render_html
 from contend.render import perfetto
 from contend.target import parse_duration, parse_positive_int, resolve_target
 
@@ -70,7 +71,14 @@ def record(
 @click.option("--format", "fmt", default="text", show_default=True, help="text or json.")
 @click.option("-o", "--output", help="Write the result to this file instead of stdout.")
 @click.option("--perfetto", "perfetto_file", help="Also write the timeline (Chrome trace JSON).")
-def report(session_file: str, fmt: str, output: str | None, perfetto_file: str | None) -> int:
+@click.option("--html", "html_file", help="Also write an HTML report (self-contained).")
+def report(
+    session_file: str,
+    fmt: str,
+    output: str | None,
+    perfetto_file: str | None,
+    html_file: str | None,
+) -> int:
     """Analyse a session file written by `contend record`, with trace's outputs."""
     if fmt not in ("text", "json"):
         raise UsageError(f"--format: {fmt!r} is not text or json")
@@ -80,7 +88,11 @@ def report(session_file: str, fmt: str, output: str | None, perfetto_file: str |
         _writable("-o", output)
     if perfetto_file is not None:
         _writable("--perfetto", perfetto_file)
+    if html_file is not None:
+        _writable("--html", html_file)
     run = sessions.load(Path(session_file))
+    if html_file is not None:
+        Path(html_file).write_text(render_html.render_trace(run.result))
     if perfetto_file is not None:
         Path(perfetto_file).write_text(perfetto.render(run.timeline(), run.result.target))
     _emit(run.result, fmt, output)

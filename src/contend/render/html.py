@@ -19,7 +19,7 @@ from typing import Any
 
 from contend import __version__
 from contend.errors import UsageError
-from contend.model import ArmResult, Breakdown, Comparison, LabResult
+from contend.model import ArmResult, Breakdown, Comparison, HistBucket, LabResult, TraceResult
 from contend.render import svg
 
 ARM_COLORS = {"baseline": "#2a9d3a", "contention": "#d62728", "unlimited": "#ff7f0e"}
@@ -380,4 +380,117 @@ def render(
         + body
         + f"<footer>contend {escape(__version__)}: every number here is in the JSON result "
         "(contend lab --json); the plots are inline SVG.</footer></body></html>\n"
+    )
+
+
+# --- a trace or a recorded session (contend report --html) --------------------------------
+
+
+def _merge_hists(rows: Sequence[Sequence[HistBucket]]) -> list[tuple[int, int, int]]:
+    merged: dict[tuple[int, int], int] = {}
+    for hist in rows:
+        for b in hist:
+            merged[(b.low, b.high)] = merged.get((b.low, b.high), 0) + b.count
+    return [(low, high, n) for (low, high), n in sorted(merged.items())]
+
+
+def render_trace(result: TraceResult, title: str = "contend report") -> str:
+    """One page for a trace result (`contend trace`/`report`): where each target thread's
+    time went (running, waiting for a CPU, the rest), who held the CPU while it waited,
+    the longest waits, the run-queue and slice histograms, the costliest syscalls."""
+    duration_ns = max(int(result.duration_s * 1e9), 1)
+    threads = [(i, r) for i, r in enumerate(result.cpu) if r.tid]
+    body = [
+        f'<p class="sub">Target {escape(result.target)}; backend {escape(result.backend)}; '
+        f"{result.duration_s:.2f} s; monitors {escape(', '.join(result.monitors))}; "
+        "lost events " + _span("lost_events", result.lost_events, "d") + "</p>"
+    ]
+    if result.notes:
+        body.append(
+            '<ul class="evidence">'
+            + "".join(f"<li>{escape(n)}</li>" for n in result.notes)
+            + "</ul>"
+        )
+    if threads:
+        bars = []
+        table = ["<h2>Where each thread's time went</h2><table><tr><th>thread</th><th>on CPU</th>"
+                 "<th>slices</th><th>waits</th><th>avg wait</th><th>p99 wait</th>"
+                 "<th>voluntary / involuntary</th></tr>"]  # fmt: skip
+        for i, r in sorted(threads, key=lambda ir: -ir[1].on_cpu_ns)[:20]:
+            rq = r.run_queue_latency
+            waited = int((rq.avg_ns or 0.0) * rq.count)
+            run_pct = 100.0 * r.on_cpu_ns / duration_ns
+            wait_pct = 100.0 * waited / duration_ns
+            rest = max(100.0 - run_pct - wait_pct, 0.0)
+            name = f"{r.comm} {r.pid}/{r.tid}"
+            bars.append((name[:14], [("running", run_pct, STATE_COLORS["running"]),
+                                     ("waiting for a CPU", wait_pct, STATE_COLORS["throttled"]),
+                                     ("sleeping or not traced", rest, SLEEP_COLORS[0])]))  # fmt: skip
+            k = f"cpu[{i}]"
+            table.append(
+                f"<tr><td>{escape(name)}</td>"
+                f"<td>{_span(k + '.on_cpu_ns', r.on_cpu_ns, ',d', ' ns')}</td>"
+                f"<td>{_span(k + '.slices', r.slices, 'd')}</td>"
+                f"<td>{_span(k + '.run_queue_latency.count', rq.count, 'd')}</td>"
+                f"<td>{_span(k + '.run_queue_latency.avg_ns', rq.avg_ns, ',.0f', ' ns')}</td>"
+                f"<td>{_span(k + '.run_queue_latency.p99_ns', rq.p99_ns, ',.0f', ' ns')}</td>"
+                f"<td>{r.voluntary_switches} / {r.involuntary_switches}</td></tr>"
+            )
+        table.append("</table>")
+        body.append("".join(table))
+        body.append(svg.stacked_bars("Share of the trace's duration, per thread", bars))
+        figs = []
+        rq_hist = _merge_hists([r.run_queue_latency.hist for _, r in threads])
+        if rq_hist:
+            figs.append(svg.line_chart("Run-queue wait (each wait)", [svg.Line("waits", "#d62728", svg.log2_steps(rq_hist))],
+                                       "microseconds (log)", "% of waits", log_x=True))  # fmt: skip
+        sl_hist = _merge_hists([r.slice_hist for _, r in threads])
+        if sl_hist:
+            figs.append(svg.line_chart("On-CPU slice length", [svg.Line("slices", "#2a9d3a", svg.log2_steps(sl_hist))],
+                                       "microseconds (log)", "% of slices", log_x=True))  # fmt: skip
+        if figs:
+            body.append(
+                '<div class="grid">' + "".join(f"<figure>{f}</figure>" for f in figs) + "</div>"
+            )
+    if result.waited_behind:
+        total = sum(o.ns for o in result.waited_behind) or 1
+        top = sorted(result.waited_behind, key=lambda o: -o.ns)
+        segs = [(f"{o.comm} ({o.tid})", 100.0 * o.ns / total, (QUEUED_COLORS + EXTRA_COLORS)[j])
+                for j, o in enumerate(top[:7])]  # fmt: skip
+        if top[7:]:
+            segs.append(("others", 100.0 * sum(o.ns for o in top[7:]) / total, "#bbbbbb"))
+        body.append("<h2>Who held the CPU while target threads waited</h2>")
+        body.append(svg.stacked_bars("Share of all waiting time", [("waits", segs)]))
+    if result.longest_waits:
+        rows = ["<h2>Longest waits</h2><table><tr><th>at (CLOCK_MONOTONIC)</th><th>thread</th>"
+                "<th>CPU</th><th>waited</th><th>who ran meanwhile</th></tr>"]  # fmt: skip
+        for j, w in enumerate(result.longest_waits):
+            who = ", ".join(f"{o.comm} ({o.tid}) {o.ns / 1e6:.1f} ms" for o in w.ran[:4])
+            rows.append(
+                f"<tr><td>{w.ts_ns / 1e9:.6f} s</td><td>{escape(w.comm)} {w.pid}/{w.tid}</td>"
+                f"<td>{w.cpu}</td><td>{_span(f'longest_waits[{j}].wait_ns', w.wait_ns, ',d', ' ns')}</td>"
+                f"<td>{escape(who)}</td></tr>"
+            )
+        rows.append("</table>")
+        body.append("".join(rows))
+    if result.syscalls:
+        top_calls = sorted(enumerate(result.syscalls), key=lambda ir: -ir[1].total_ns)[:15]
+        rows = ["<h2>Syscalls, by total time</h2><table><tr><th>process</th><th>syscall</th>"
+                "<th>count</th><th>errors</th><th>total</th><th>avg</th></tr>"]  # fmt: skip
+        for j, s in top_calls:
+            rows.append(
+                f"<tr><td>{escape(s.comm)} {s.pid}</td><td>{escape(s.syscall)}</td>"
+                f"<td>{_span(f'syscalls[{j}].count', s.count, 'd')}</td><td>{s.errors}</td>"
+                f"<td>{_span(f'syscalls[{j}].total_ns', s.total_ns, ',d', ' ns')}</td>"
+                f"<td>{_num(s.avg_ns, ',.0f', ' ns')}</td></tr>"
+            )
+        rows.append("</table>")
+        body.append("".join(rows))
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
+        f"<h1>{escape(title)}: {escape(result.target)}</h1>"
+        + "".join(body)
+        + f"<footer>contend {escape(__version__)}: every marked number is in the JSON "
+        "(--format json); the plots are inline SVG.</footer></body></html>\n"
     )
