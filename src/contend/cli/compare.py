@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 
 from contend.analysis.compare import compare_arms
-from contend.cli.console import stdout_console
+from contend.cli.console import check_output_path, stdout_console
 from contend.errors import UsageError
 from contend.model import Comparison, LabResult, SchemaError, lab_from_json_dict
 from contend.render import html as render_html
+from contend.render import json as render_json
 from contend.render import text as render_text
 
 
@@ -76,17 +77,9 @@ def command(a: str, b: str | None, arm: str | None, fmt: str, html_path: str | N
     names = (Path(a).name, Path(b).name if b else "")
     found = comparisons(first, second, arm, names)
     if html_path is not None:
-        render_html.check_path(html_path)
+        check_output_path("--html", html_path)
     if fmt == "json":
-        click.echo(
-            json.dumps(
-                {
-                    "schema": "contend.compare/1",
-                    "comparisons": [render_html.asdict_comparison(c) for c in found],
-                },
-                indent=2,
-            )
-        )
+        click.echo(render_json.render_comparisons(found), nl=False)
     else:
         stdout_console().print(*(render_text.comparison_renderable(c) for c in found))
     if html_path is not None:

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from contend.cli.console import stdout_console
+from contend.cli.console import check_output_path, stdout_console
 from contend.errors import UsageError
 from contend.lab.app import DEFAULT_N, MAX_N
 from contend.lab.experiment import ARMS, LabOptions, run_lab
@@ -139,7 +139,7 @@ def command(
         if not parent.is_dir():
             raise UsageError(f"--json: directory {parent} does not exist")
     if html_path is not None:
-        render_html.check_path(html_path)
+        check_output_path("--html", html_path)
     stderr = Console(stderr=True)
     with Progress(
         TextColumn("{task.description:<28}"),

@@ -12,13 +12,9 @@ against the JSON.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from html import escape
-from pathlib import Path
-from typing import Any
 
 from contend import __version__
-from contend.errors import UsageError
 from contend.model import ArmResult, Breakdown, Comparison, HistBucket, LabResult, TraceResult
 from contend.render import svg
 
@@ -49,16 +45,6 @@ td:first-child,th:first-child{text-align:left}.grid{display:flex;flex-wrap:wrap;
 figure{margin:.4em 0}figcaption{font-size:.85em;color:#555;max-width:560px}
 footer{margin-top:3em;color:#777;font-size:.85em}
 """
-
-
-def check_path(path: str) -> None:
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"--html: directory {parent} does not exist")
-
-
-def asdict_comparison(c: Comparison) -> dict[str, Any]:
-    return asdict(c)
 
 
 def _num(value: float | None, spec: str, unit: str = "") -> str:

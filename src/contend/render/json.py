@@ -1,12 +1,14 @@
-"""JSON output of lab results (schema `contend.lab/1`, documented in the README)."""
+"""JSON output of lab results (`contend.lab/2`) and comparisons (`contend.compare/1`),
+documented in the README."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from typing import Any
 
-from contend.model import LabResult
+from contend.model import Comparison, LabResult
 
 
 def _clean(value: Any) -> Any:
@@ -26,3 +28,7 @@ def dumps(document: dict[str, Any]) -> str:
 
 def render_lab(result: LabResult) -> str:
     return dumps(result.to_json_dict())
+
+
+def render_comparisons(comparisons: list[Comparison]) -> str:
+    return dumps({"schema": "contend.compare/1", "comparisons": [asdict(c) for c in comparisons]})
