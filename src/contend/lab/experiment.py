@@ -268,9 +268,11 @@ class Lab:
         tracer = self._syscall_tracer()
         if tracer is not None:
             tracer.start()  # compiles for a second or two: before the window opens
-        recorder = self._start_recorder() if opts.recording else None
+        recorder: Recorder | None = None
         traced_from = time.monotonic()
         try:
+            if opts.recording:  # inside: a failure here still stops the tracer above
+                recorder = self._start_recorder()
             sampler.start()
             start = time.monotonic_ns()
             requests = load.run_load(
