@@ -422,8 +422,9 @@ def test_lab_records_sessions_and_a_perfetto_timeline(tmp_path: Path) -> None:
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.usefixtures("root_cgroups")
-def test_lab_recording_gives_tracefs_back_on_sigterm(tmp_path: Path) -> None:
+def test_lab_recording_gives_tracefs_back_on_signal(sig: int, code: int, tmp_path: Path) -> None:
     from conftest import need
 
     need(Path("/sys/kernel/tracing").is_dir(), "needs tracefs")
@@ -438,13 +439,13 @@ def test_lab_recording_gives_tracefs_back_on_sigterm(tmp_path: Path) -> None:
         assert _wait_for(lambda: len(pgrep("contend-noise")) >= 3, 120), "noise never started"
         assert _wait_for(lambda: f"contend-{proc.pid}" in tracefs_instances(), 10)
         time.sleep(1)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 143
+    assert proc.returncode == code
     assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
     assert tracefs_instances() == before
     # The finished arm's session was kept; the interrupted one was not written.
