@@ -6,6 +6,10 @@
 3. Arm `baseline`: open-loop load at that rate, procfs sampling of the sandbox.
 4. Start the noise inside the same sandbox; arm `contention`: same load, same duration.
 5. Analyse each arm, compare them; stop everything and remove the sandbox.
+
+With `record_dir` or `timeline` (`contend lab --record DIR / --perfetto FILE`), each arm
+also runs a tracefs `Recorder` following the app's and the noise's processes: its session
+saved as DIR/ARM.session, its timeline kept for the lab's Perfetto file.
 """
 
 from __future__ import annotations

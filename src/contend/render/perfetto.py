@@ -12,6 +12,10 @@ one slice to another, bound to the enclosing slice (`bp: e`).
 Tracks: every target thread in its process, with its on-CPU slices (CPU in args) and its
 wakeups as instants and as flows from the waker; one pseudo-process "CPUs" with a
 track per CPU showing who held it; counters of target threads waiting per CPU.
+
+The lab's file (`lab_document`): every arm on the one clock they ran on, a "lab" track
+with the arms' windows and the sandbox's counters, processes and threads named by role
+(app, noise), each thread's run-queue waits beside its slices.
 """
 
 from __future__ import annotations
