@@ -317,9 +317,9 @@ def test_lab_perfetto_document_of_two_arms() -> None:
     counters = {
         e["name"]: e["args"] for e in events if e["ph"] == "C" and e["pid"] == perfetto.LAB_PID
     }
-    assert counters["sandbox: throttled periods (%)"] == {"%": 80.0}
-    assert counters["sandbox: CPU use (CPUs)"] == {"CPUs": 0.5}
-    assert counters["sandbox: cpu.pressure some (%)"] == {"%": 50.0}
+    assert counters["sandbox: throttled periods"] == {"%": 80.0}
+    assert counters["sandbox: CPU use"] == {"CPUs": 0.5}
+    assert counters["sandbox: cpu.pressure some"] == {"%": 50.0}
     flows = sorted((e["id"], e["ph"], e["tid"]) for e in events if e["ph"] in ("s", "f"))
     assert flows == [(1, "f", 11), (1, "s", 10), (2, "f", 11), (2, "s", 21)]  # ids unique
 
@@ -417,7 +417,7 @@ def test_lab_records_sessions_and_a_perfetto_timeline(tmp_path: Path) -> None:
     base_waits = sum(hi - lo for lo, hi in of("app", perfetto.WAITING, "baseline"))
     assert waited > base_waits
     throttled = [e["args"]["%"] for e in events if e["ph"] == "C"
-                 and e["name"] == "sandbox: throttled periods (%)" and lo <= e["ts"] <= hi]  # fmt: skip
+                 and e["name"] == "sandbox: throttled periods" and lo <= e["ts"] <= hi]  # fmt: skip
     assert throttled and max(throttled) > 50
 
 

@@ -189,7 +189,8 @@ def _labelled(role: str | None, text: str) -> str:
 
 
 def _counters(arm: ArmTimeline, origin: int) -> list[CounterEvent]:
-    """The sandbox's throttling, CPU use and pressure between consecutive samples."""
+    """The sandbox's throttling, CPU use and pressure between consecutive samples
+    (Perfetto names a counter track "NAME KEY": "sandbox: throttled periods %")."""
     out: list[CounterEvent] = []
     for a, b in itertools.pairwise(arm.snapshots):
         dt = b.t_ns - a.t_ns
@@ -201,15 +202,13 @@ def _counters(arm: ArmTimeline, origin: int) -> list[CounterEvent]:
             periods = cb.nr_periods - ca.nr_periods
             if periods > 0:
                 ratio = 100.0 * (cb.nr_throttled - ca.nr_throttled) / periods
-                out.append(
-                    CounterEvent("sandbox: throttled periods (%)", ts, LAB_PID, {"%": ratio})
-                )
+                out.append(CounterEvent("sandbox: throttled periods", ts, LAB_PID, {"%": ratio}))
             if ca.usage_ns is not None and cb.usage_ns is not None:
                 cpus = (cb.usage_ns - ca.usage_ns) / dt
-                out.append(CounterEvent("sandbox: CPU use (CPUs)", ts, LAB_PID, {"CPUs": cpus}))
+                out.append(CounterEvent("sandbox: CPU use", ts, LAB_PID, {"CPUs": cpus}))
         for label, pa, pb in (
-            ("sandbox: cpu.pressure some (%)", a.psi_cgroup, b.psi_cgroup),
-            ("system: cpu pressure some (%)", a.psi_system, b.psi_system),
+            ("sandbox: cpu.pressure some", a.psi_cgroup, b.psi_cgroup),
+            ("system: cpu pressure some", a.psi_system, b.psi_system),
         ):
             if pa is not None and pb is not None:
                 pct = 100.0 * (pb.some_us - pa.some_us) * 1000 / dt
