@@ -362,16 +362,17 @@ def test_lab_records_sessions_and_a_perfetto_timeline(tmp_path: Path) -> None:
     trace = tmp_path / "lab.trace.json"
     done = subprocess.run(
         [*contend_command(), "lab", "--duration", "3", "--backend", "procfs",
-         "--record", str(tmp_path), "--perfetto", str(trace)],
+         "--arms", "baseline,contention,unlimited", "--record", str(tmp_path),
+         "--perfetto", str(trace)],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert tracefs_instances() == before  # every arm gave its instance back
-    assert sorted(p.name for p in tmp_path.glob("*.session")) == [
-        "baseline.session", "contention.session"]  # fmt: skip
+    arms = ["baseline", "contention", "unlimited"]
+    assert sorted(p.name for p in tmp_path.glob("*.session")) == [f"{a}.session" for a in arms]
 
     comms = {}
-    for arm in ("baseline", "contention"):
+    for arm in arms:
         report = subprocess.run(
             [*contend_command(), "report", str(tmp_path / f"{arm}.session"), "--format", "json"],
             capture_output=True, text=True, timeout=120,
@@ -392,7 +393,7 @@ def test_lab_records_sessions_and_a_perfetto_timeline(tmp_path: Path) -> None:
     role_of = {pid: n.split(":")[0] for pid, n in names.items() if ":" in n}
     assert "app" in role_of.values() and "noise" in role_of.values()
     windows = {e["name"]: (e["ts"], e["ts"] + e["dur"]) for e in per_tid[perfetto.LAB_TID]}
-    assert list(windows) == ["baseline", "contention"]
+    assert list(windows) == arms
     for lo, hi in windows.values():
         assert 3e6 * 0.9 <= hi - lo <= 10e6  # microseconds: 3 s arms
     xs = [e for e in events if e["ph"] == "X" and e["pid"] in role_of]
@@ -403,19 +404,22 @@ def test_lab_records_sessions_and_a_perfetto_timeline(tmp_path: Path) -> None:
 
     assert of("noise", "noise", "baseline") == []  # no noise in the baseline
     assert of("app", "app", "baseline")
-    noise_on = _union(of("noise", "noise", "contention"))
-    app_waits = of("app", perfetto.WAITING, "contention")
-    waited = sum(hi - lo for lo, hi in app_waits)
-    behind_noise = sum(_overlap(w, noise_on) for w in app_waits)
-    noise_us = sum(hi - lo for lo, hi in noise_on)
+    waiting = {}  # arm -> (us some app thread waited, share of it while some noise ran)
+    for arm in arms:
+        noise_on = _union(of("noise", "noise", arm))
+        app_waits = _union(of("app", perfetto.WAITING, arm))
+        waited = sum(hi - lo for lo, hi in app_waits)
+        behind = sum(_overlap(w, noise_on) for w in app_waits) / waited if waited else 0.0
+        waiting[arm] = (waited, behind)
+        print(f"{arm}: app waiting {waited / 1e3:.0f} ms, the noise on a CPU for "
+              f"{behind:.0%} of it, {sum(hi - lo for lo, hi in noise_on) / 1e3:.0f} ms in all")  # fmt: skip
+    # Seen: baseline 47-160 ms, 0%; contention 2300-3900 ms, 31-58% (the rest throttled:
+    # the noise spent the quota); unlimited 800-1200 ms, 84-98% (behind the neighbours).
+    assert waiting["baseline"][1] == 0.0
+    assert waiting["contention"][0] > 5 * waiting["baseline"][0]
+    assert waiting["contention"][1] >= 0.1
+    assert waiting["unlimited"][1] >= 0.6
     lo, hi = windows["contention"]
-    print(f"contention: noise on CPU {noise_us / 1e3:.0f} ms of {(hi - lo) / 1e3:.0f} ms, "
-          f"app waited {waited / 1e3:.1f} ms, {behind_noise / 1e3:.1f} ms of it while the noise ran")  # fmt: skip
-    # The noise takes most of the 0.5-CPU quota; the app waits, much of it while noise runs.
-    assert noise_us >= 0.2 * (hi - lo)
-    assert waited > 0 and behind_noise >= 0.2 * waited
-    base_waits = sum(hi - lo for lo, hi in of("app", perfetto.WAITING, "baseline"))
-    assert waited > base_waits
     throttled = [e["args"]["%"] for e in events if e["ph"] == "C"
                  and e["name"] == "sandbox: throttled periods" and lo <= e["ts"] <= hi]  # fmt: skip
     assert throttled and max(throttled) > 50
