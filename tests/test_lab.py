@@ -413,7 +413,7 @@ def test_lab_records_sessions_and_a_perfetto_timeline(tmp_path: Path) -> None:
         waiting[arm] = (waited, behind)
         print(f"{arm}: app waiting {waited / 1e3:.0f} ms, the noise on a CPU for "
               f"{behind:.0%} of it, {sum(hi - lo for lo, hi in noise_on) / 1e3:.0f} ms in all")  # fmt: skip
-    # Seen: baseline 47-160 ms, 0%; contention 2300-3900 ms, 31-58% (the rest throttled:
+    # Seen: baseline 32-160 ms, 0%; contention 2300-3900 ms, 31-58% (the rest throttled:
     # the noise spent the quota); unlimited 800-1200 ms, 84-98% (behind the neighbours).
     assert waiting["baseline"][1] == 0.0
     assert waiting["contention"][0] > 5 * waiting["baseline"][0]
