@@ -760,3 +760,19 @@ class Timeline:
     cpu_slices: tuple[CpuSlice, ...]
     names: dict[int, str]
     runnable: tuple[CounterSample, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTimeline:
+    """One lab arm's scheduler timeline (tracefs), for the lab's Perfetto file: the arm's
+    window, its `Timeline`, the run-queue waits of the traced threads (`pid`, `tid`, the
+    CPU it then ran on), who plays which role (pid -> app, noise, ...) and the arm's
+    samples (throttling, PSI)."""
+
+    name: str
+    start_ns: int
+    end_ns: int
+    timeline: Timeline
+    waits: tuple[CpuSlice, ...]
+    roles: dict[int, str]
+    snapshots: tuple[Snapshot, ...]

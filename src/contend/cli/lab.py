@@ -9,12 +9,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from contend.cli.console import check_output_path, stdout_console
-from contend.errors import UsageError
+from contend.collect import tracefs
+from contend.errors import PermissionNeeded, UsageError
 from contend.lab.app import DEFAULT_N, MAX_N
 from contend.lab.experiment import ARMS, LabOptions, run_lab
-from contend.model import RequestSample
+from contend.model import ArmTimeline, RequestSample
 from contend.render import html as render_html
 from contend.render import json as render_json
+from contend.render import perfetto
 from contend.render import text as render_text
 from contend.target import (
     parse_cpus,
@@ -101,6 +103,21 @@ class RichProgress:
     type=click.Path(dir_okay=False),
     help="Write a self-contained HTML report (verdict, causes, plots).",
 )
+@click.option(
+    "--record",
+    "record_dir",
+    type=click.Path(),
+    metavar="DIR",
+    help="Record each arm with tracefs (app and noise, every event) into DIR/ARM.session "
+    "(for contend report). Needs root.",
+)
+@click.option(
+    "--perfetto",
+    "perfetto_path",
+    type=click.Path(dir_okay=False),
+    help="Write the lab's timeline (Chrome trace JSON for ui.perfetto.dev): every arm, the "
+    "app's and the noise's threads on and off the CPU. Needs root.",
+)
 def command(
     cpus: str,
     memory: str,
@@ -115,12 +132,22 @@ def command(
     engine: str | None,
     json_path: str | None,
     html_path: str | None,
+    record_dir: str | None,
+    perfetto_path: str | None,
 ) -> int:
     """Start the app and noise in a CPU-limited sandbox, load it, and say whether it is contended."""
     if engine is not None:
         validate_engine(engine)
         if no_sandbox:
             raise UsageError("--engine runs each arm in a limited container: drop --no-sandbox")
+    record = _record_dir(record_dir)
+    if perfetto_path is not None:
+        check_output_path("--perfetto", perfetto_path)
+    if record is not None or perfetto_path is not None:
+        ok, why = tracefs.available()
+        if not ok:
+            flag = "--record" if record is not None else "--perfetto"
+            raise PermissionNeeded(f"{flag} records with tracefs: {why}")
     options = LabOptions(
         cpus=None if no_sandbox else parse_cpus(cpus),
         memory_bytes=None if no_sandbox else parse_memory(memory),
@@ -133,11 +160,11 @@ def command(
         backend=_backend(backend),
         arms=_arms(arms, no_sandbox),
         engine=engine,
+        record_dir=record,
+        timeline=perfetto_path is not None,
     )
     if json_path is not None:
-        parent = Path(json_path).resolve().parent
-        if not parent.is_dir():
-            raise UsageError(f"--json: directory {parent} does not exist")
+        check_output_path("--json", json_path)
     if html_path is not None:
         check_output_path("--html", html_path)
     stderr = Console(stderr=True)
@@ -149,13 +176,25 @@ def command(
         console=stderr,
         transient=True,
     ) as bar:
-        result = run_lab(options, RichProgress(bar))
+        timelines: list[ArmTimeline] = []
+        result = run_lab(options, RichProgress(bar), timelines)
     stdout_console().print(render_text.lab_renderable(result))
+    if perfetto_path is not None:
+        Path(perfetto_path).write_text(perfetto.render_lab(timelines))
     if json_path is not None:
         Path(json_path).write_text(render_json.render_lab(result))
     if html_path is not None:
         Path(html_path).write_text(render_html.render([result]))
     return 0
+
+
+def _record_dir(value: str | None) -> Path | None:
+    if value is None:
+        return None
+    directory = Path(value)
+    if not directory.is_dir():
+        raise UsageError(f"--record: {value} is not a directory")
+    return directory
 
 
 def _arms(value: str, no_sandbox: bool) -> tuple[str, ...]:

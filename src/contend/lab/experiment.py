@@ -6,6 +6,10 @@
 3. Arm `baseline`: open-loop load at that rate, procfs sampling of the sandbox.
 4. Start the noise inside the same sandbox; arm `contention`: same load, same duration.
 5. Analyse each arm, compare them; stop everything and remove the sandbox.
+
+With `record_dir` or `timeline` (`contend lab --record DIR / --perfetto FILE`), each arm
+also runs a tracefs `Recorder` following the app's and the noise's processes: its session
+saved as DIR/ARM.session, its timeline kept for the lab's Perfetto file.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import IO, Protocol
+
+import numpy as np
 
 from contend.analysis.compare import compare_arms
 from contend.analysis.diagnosis import analyse_arm
@@ -32,14 +39,19 @@ from contend.lab import load
 from contend.lab.sandbox import Limits, Sandbox
 from contend.model import (
     ArmRecord,
+    ArmTimeline,
     CgroupCpuStat,
+    CpuSlice,
     LabConfig,
     LabResult,
     Pressure,
     RequestSample,
     SchedTimes,
+    Snapshot,
 )
 from contend.monitors import TraceOptions, breakdown, build_program, syscalls, thread_owner
+from contend.monitors import session as sessions
+from contend.monitors.tracefs_trace import Recorder, TracefsRun
 from contend.prctl import die_with_parent
 from contend.target import Target
 
@@ -73,6 +85,15 @@ class LabOptions:
     # "podman" or "docker": each arm in its own container of the lab's image, with the
     # same --cpus/--memory (contend.lab.container_arms); None: the bare cgroup sandbox.
     engine: str | None = None
+    # Each arm also recorded with tracefs (the app's and the noise's processes, every
+    # event): its session file saved in `record_dir` as ARM.session; with `timeline`,
+    # the arm's timeline kept in `Lab.timelines` (the lab's Perfetto file). Needs root.
+    record_dir: Path | None = None
+    timeline: bool = False
+
+    @property
+    def recording(self) -> bool:
+        return self.record_dir is not None or self.timeline
 
 
 class MeasuredGroup(Protocol):
@@ -126,6 +147,8 @@ class Lab:
         # This process drives the load and samples: name it when the app waits behind it.
         self.roles: dict[int, str] = {os.getpid(): "load generator"}
         self._logs: list[IO[bytes]] = []
+        self.timelines: list[ArmTimeline] = []
+        self._recorder: Recorder | None = None
 
     # --- processes ------------------------------------------------------------------------
 
@@ -249,8 +272,11 @@ class Lab:
         tracer = self._syscall_tracer()
         if tracer is not None:
             tracer.start()  # compiles for a second or two: before the window opens
+        recorder: Recorder | None = None
         traced_from = time.monotonic()
         try:
+            if opts.recording:  # inside: a failure here still stops the tracer above
+                recorder = self._start_recorder()
             sampler.start()
             start = time.monotonic_ns()
             requests = load.run_load(
@@ -264,8 +290,12 @@ class Lab:
         finally:
             snapshots = sampler.stop()
             end = time.monotonic_ns()
+            if recorder is not None:
+                recorder.halt()
             traced_s = time.monotonic() - traced_from if tracer is not None else None
             out = tracer.stop() if tracer is not None else None
+        if recorder is not None:
+            self._keep_recording(name, recorder, start, end, snapshots)
         times = breakdown.sched_times(out) if out is not None else None
         if times is not None:
             times = self._resolve_occupants(times)
@@ -281,6 +311,56 @@ class Lab:
             syscall_window_s=traced_s,
             sched_times=times,
         )
+
+    def _start_recorder(self) -> Recorder:
+        """tracefs following the app's and the noise's processes running now (and what
+        they create); closed by `_keep_recording` or, on any exit, by `close()`."""
+        self.pids()  # learn the roles of what runs now
+        pids = sorted(pid for pid, role in self.roles.items() if role in ("app", "noise"))
+        pids = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+        if not pids:
+            raise ContendError("the lab has no running process to record")
+        recorder = Recorder(("syscalls", "cpu", "process"))
+        self._recorder = recorder
+        recorder.start(pids)
+        return recorder
+
+    def _keep_recording(
+        self,
+        name: str,
+        recorder: Recorder,
+        start_ns: int,
+        end_ns: int,
+        snapshots: tuple[Snapshot, ...],
+    ) -> None:
+        """The arm's session file and timeline, from the recorder (then given back)."""
+        try:
+            traced = {pid: r for pid, r in self.roles.items() if r in ("app", "noise")}
+            who = "; ".join(
+                f"{role} "
+                + " ".join(str(p) for p in sorted(p for p, r in traced.items() if r == role))
+                for role in ("app", "noise")
+                if role in traced.values()
+            )
+            run = recorder.stop(f"lab arm {name} ({who})")
+        finally:
+            recorder.close()
+            self._recorder = None
+        opts = self.options
+        if opts.record_dir is not None:
+            sessions.save(run, opts.record_dir / f"{name}.session")
+        if opts.timeline:
+            self.timelines.append(
+                ArmTimeline(
+                    name=name,
+                    start_ns=start_ns,
+                    end_ns=end_ns,
+                    timeline=run.timeline(),
+                    waits=_waits(run),
+                    roles=dict(self.roles),
+                    snapshots=snapshots,
+                )
+            )
 
     def _resolve_occupants(self, times: SchedTimes) -> SchedTimes:
         """Name the process of each task that held a CPU while the app waited (now,
@@ -371,6 +451,12 @@ class Lab:
     def close(self) -> None:
         """Stop the noise and the app, then remove the sandbox (killing any leftover)."""
         errors = []
+        if self._recorder is not None:  # an arm ended early: give tracefs back first
+            try:
+                self._recorder.close()
+            except BaseException as e:
+                errors.append(e)
+            self._recorder = None
         for proc in (self.noise, self.app):
             try:
                 self._stop(proc)
@@ -387,9 +473,47 @@ class Lab:
             raise errors[0]
 
 
-def run_lab(options: LabOptions, progress: Progress | None = None) -> LabResult:
+def _waits(run: TracefsRun) -> tuple[CpuSlice, ...]:
+    """The traced threads' run-queue waits, each clipped to begin after the thread's
+    previous on-CPU slice (a wakeup of a running task would start one mid-slice), so a
+    thread's waits and slices never overlap on its track."""
+    s = run.slices
+    if s is None or len(s.wait_tid) == 0:
+        return ()
+    out: list[CpuSlice] = []
+    for tid in np.unique(s.wait_tid).tolist():
+        ends = np.sort(s.end[s.tid == tid])
+        mine = s.wait_tid == tid
+        lo, hi, cpu = s.wait_start[mine], s.wait_end[mine], s.wait_cpu[mine]
+        k = np.searchsorted(ends, hi, "right") - 1
+        prev_end = np.where(k >= 0, ends[np.maximum(k, 0)] if len(ends) else 0, lo)
+        lo = np.maximum(lo, prev_end)
+        pid = run.tasks.pid_of(tid)
+        out += [
+            CpuSlice(pid, tid, c, a, b)
+            for a, b, c in zip(lo.tolist(), hi.tolist(), cpu.tolist(), strict=True)
+            if b > a
+        ]
+    out.sort(key=lambda w: (w.start_ns, w.tid))
+    return tuple(out)
+
+
+def run_lab(
+    options: LabOptions,
+    progress: Progress | None = None,
+    timelines: list[ArmTimeline] | None = None,
+) -> LabResult:
+    """Run the lab; with `timelines` (and `options.timeline`), each arm's timeline is
+    appended to it."""
+    lab: Lab
     if options.engine is not None:
         from contend.lab.container_arms import ContainerLab
 
-        return ContainerLab(options, progress).run()
-    return Lab(options, progress).run()
+        lab = ContainerLab(options, progress)
+    else:
+        lab = Lab(options, progress)
+    try:
+        return lab.run()
+    finally:
+        if timelines is not None:
+            timelines.extend(lab.timelines)

@@ -13,8 +13,9 @@ import dataclasses
 import os
 import platform
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -305,3 +306,86 @@ def check_available() -> None:
     ok, why = tf.available()
     if not ok:
         raise ContendError(f"--backend tracefs: {why}")
+
+
+class Recorder:
+    """A tracefs capture of some processes (every thread of them, and every task they
+    create: event-fork) running beside other work: a thread drains the buffers every
+    `READ_INTERVAL_S` until `halt()`; `stop()` then decodes what is left and analyses it.
+    `close()` (idempotent, in a ``finally``) removes the instance whatever happened."""
+
+    def __init__(self, monitors: tuple[str, ...], buffer_kb: int = tf.DEFAULT_BUFFER_KB) -> None:
+        self.monitors = monitors
+        self.machine = platform.machine()
+        self.tracer = tf.Tracer(event_specs(monitors, self.machine), buffer_kb=buffer_kb)
+        self.initial: dict[int, int] = {}
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._thread_cpu_s = 0.0
+        self._started = 0.0
+        self._ended: float | None = None
+
+    def start(self, pids: Iterable[int]) -> None:
+        """Follow these processes (all their threads now, and what they create)."""
+        fs = ProcFS()
+        self.initial = {tid: pid for pid in pids for tid in fs.tids(pid)}
+        if not self.initial:
+            raise ContendError("tracefs: no running process to record")
+        self.tracer.open(follow=list(self.initial))
+        self._started = time.monotonic()
+        self.tracer.start()
+        self._thread = threading.Thread(target=self._drain, name="contend-tracefs", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        try:
+            while not self._halt.wait(READ_INTERVAL_S):
+                self.tracer.poll()
+        except BaseException as e:  # handed to stop(): the main thread reports it
+            self._error = e
+        finally:
+            self._thread_cpu_s = time.thread_time()
+
+    def halt(self) -> None:
+        """Stop recording now (what is in the buffers is kept for `stop()`)."""
+        if self._ended is None:
+            self._ended = time.monotonic()
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            self.tracer.instance.stop()
+        except ContendError:
+            pass  # never opened, or already given back: nothing records
+
+    def stop(self, target: str) -> TracefsRun:
+        """Halt, drain, remove the instance and analyse (while the tasks still live, so
+        that /proc names the ones the events did not)."""
+        self.halt()
+        if self._error is not None:
+            raise self._error
+        cpu0 = time.thread_time()
+        try:
+            capture = self.tracer.finish()
+        finally:
+            self.tracer.close()
+        tasks = tl.Tasks(tgid=dict(self.initial), targets=set(self.initial), resolve=thread_owner)
+        run = analyse(self.monitors, capture, tasks, {}, self.machine)
+        cpu_s = self._thread_cpu_s + time.thread_time() - cpu0
+        ended = self._ended if self._ended is not None else time.monotonic()
+        run.result = dataclasses.replace(
+            run.result,
+            target=target,
+            duration_s=ended - self._started,
+            overhead=Overhead(tracer_cpu_s=cpu_s, events=capture.records),
+        )
+        return run
+
+    def close(self) -> None:
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.tracer.close()
