@@ -64,7 +64,7 @@ I64 = npt.NDArray[np.int64]
 def _i64(cols: Columns, name: str) -> I64:
     if name not in cols:
         return np.zeros(0, dtype=np.int64)
-    return cols[name].astype(np.int64)
+    return cols[name].astype(np.int64, copy=False)  # read-only use: no copy if int64
 
 
 def _comm(raw: object) -> str:
@@ -226,10 +226,16 @@ def _pack(tids: list[I64], stamps: list[I64], lows: list[I64], low_bits: int) ->
     time_bits = max(1, (max(int(s.max()) for s in full) - base).bit_length())
     if max(1, (len(uniq) - 1).bit_length()) + time_bits + low_bits > 62:
         return None
-    keys = [
-        (((r << time_bits) | (s - base)) << low_bits) | low
-        for r, s, low in zip(ranks, stamps, lows, strict=True)
-    ]
+    keys = []
+    for key, stamp, low in zip(ranks, stamps, lows, strict=True):
+        # In place (`key` is a fresh array): rank << time_bits | (ts - base), shifted.
+        key <<= time_bits
+        key += stamp
+        key -= base
+        if low_bits:
+            key <<= low_bits
+            key |= low
+        keys.append(key)
     return _Keys(keys, uniq, time_bits, base)
 
 
@@ -295,15 +301,13 @@ def _pair_waits(ev_tid: I64, ev_ts: I64, ev_kind: I64, ev_cpu: I64) -> tuple[I64
 def _pair_sorted(
     tid: I64, ts: I64, kind: I64, cpu: I64, names: I64 | None
 ) -> tuple[I64, I64, I64, I64]:
-    idx = np.arange(len(tid))
-    last_start = np.maximum.accumulate(np.where(kind == 0, idx, -1)) if len(idx) else idx
-    last_end = np.maximum.accumulate(np.where(kind == 1, idx, -1)) if len(idx) else idx
-    prev_end = np.r_[-1, last_end[:-1]] if len(idx) else idx
-    s = last_start
-    valid = (kind == 1) & (s >= 0) & (s > prev_end)
-    valid &= tid[np.maximum(s, 0)] == tid
+    """Events sorted by task, time, kind: an end whose latest start comes after the
+    previous end is an end right after a start of the same task (nothing lies between)."""
+    valid = np.zeros(len(tid), dtype=bool)
+    valid[1:] = (kind[1:] == 1) & (kind[:-1] == 0) & (tid[1:] == tid[:-1])
+    start = np.flatnonzero(valid) - 1
     who = tid[valid] if names is None else names[tid[valid]]
-    return who, ts[s[valid]], ts[valid], cpu[valid]
+    return who, ts[start], ts[valid], cpu[valid]
 
 
 def _by_cpu_then_time(sw: Columns) -> npt.NDArray[np.intp]:
