@@ -756,6 +756,7 @@ class Tracer:
         self._chunks: dict[str, list[Columns]] = {s.name: [] for s in self.specs}
         self.records = 0
         self.pages = 0
+        self.fill = 0.0  # the last batch: the most pages one CPU gave, / its buffer's pages
 
     def open(self, follow: Iterable[int] | None = None) -> None:
         """Create the instance and enable the events (tracing still off). `follow`: the
@@ -781,9 +782,11 @@ class Tracer:
         """Read and decode what the buffers hold now; returns the records decoded."""
         inst = self.instance
         pages, cpus = inst.read_pages()
+        assert inst.header is not None
+        per_cpu = np.bincount(np.array(cpus, dtype=np.int64)) if cpus else np.zeros(1, np.int64)
+        self.fill = int(per_cpu.max()) * inst.header.page_size / (inst.buffer_kb * 1024)
         if not pages:
             return 0
-        assert inst.header is not None
         records = decode(pages, cpus, inst.header, inst.event_header)
         self.pages += len(pages)
         self.records += len(records)
