@@ -96,7 +96,16 @@ class Tasks:
             return nonzero
         if not self.targets:
             return np.zeros(len(tids), dtype=bool)
-        mask: npt.NDArray[np.bool_] = np.isin(tids, np.fromiter(self.targets, dtype=np.int64))
+        wanted = np.fromiter(self.targets, dtype=np.int64)
+        if len(tids) and min(int(tids.min()), int(wanted.min())) >= 0:
+            top = max(int(tids.max()), int(wanted.max()))
+            if top < _TID_TABLE:
+                # A table indexed by tid: one gather, no sort.
+                table = np.zeros(top + 1, dtype=bool)
+                table[wanted] = True
+                found: npt.NDArray[np.bool_] = table[tids]
+                return found
+        mask: npt.NDArray[np.bool_] = np.isin(tids, wanted)
         return mask
 
     def pid_of(self, tid: int) -> int:
@@ -837,6 +846,27 @@ def _held_during(occ: Occupancy, cpu: int, lo: int, hi: int, waiter: int) -> Cou
     return held
 
 
+def _distinct(values: I64) -> I64:
+    """The distinct small non-negative values (CPUs), ascending, without a sort."""
+    if len(values) and int(values.min()) >= 0 and int(values.max()) < _TID_TABLE:
+        found: I64 = np.flatnonzero(np.bincount(values)).astype(np.int64)
+        return found
+    distinct: I64 = np.unique(values)
+    return distinct
+
+
+def _longest(values: I64, top: int) -> npt.NDArray[np.intp]:
+    """Indices of the `top` largest values, largest first, the earlier first on a tie
+    (as a stable sort of all would give): only those at or above the top-th are sorted."""
+    if len(values) > top > 0:
+        kth = np.partition(values, len(values) - top)[len(values) - top]
+        candidates = np.flatnonzero(values >= kth)
+        best: npt.NDArray[np.intp] = candidates[np.argsort(-values[candidates], kind="stable")]
+        return best[:top]
+    order: npt.NDArray[np.intp] = np.argsort(-values, kind="stable")[:top]
+    return order
+
+
 def waits_behind(
     slices: OnCpu, occ: Occupancy, tasks: Tasks, top: int = 10
 ) -> tuple[list[WaitRow], list[Occupant]]:
@@ -846,7 +876,7 @@ def waits_behind(
     # Over all waits: per CPU, W(t) = target threads waiting for it; a holder's share is
     # the integral of W over its interval (F(end) - F(start), F the integral of W).
     total = Counter[int]()
-    for cpu in np.unique(slices.wait_cpu).tolist():
+    for cpu in _distinct(slices.wait_cpu).tolist():
         mine = slices.wait_cpu == cpu
         t = np.concatenate([slices.wait_start[mine], slices.wait_end[mine]])
         step = np.concatenate(
@@ -866,7 +896,7 @@ def waits_behind(
         total.update(_sum_by(occ.tid[held], share))
     total = Counter({tid: ns for tid, ns in total.items() if ns > 0})
     rows = []
-    for i in np.argsort(-wait, kind="stable")[:top].tolist():
+    for i in _longest(wait, top).tolist():
         tid, cpu = int(slices.wait_tid[i]), int(slices.wait_cpu[i])
         lo, hi = int(slices.wait_start[i]), int(slices.wait_end[i])
         held = _held_during(occ, cpu, lo, hi, tid)
