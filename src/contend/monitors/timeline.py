@@ -60,6 +60,28 @@ NOT_FATAL = frozenset({17, 18, 19, 20, 21, 22, 23, 28})  # CHLD CONT STOP TSTP T
 
 I64 = npt.NDArray[np.int64]
 
+# glibc mallopt(3) parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def reuse_freed_memory() -> bool:
+    """Let this process reuse the memory of freed arrays (glibc: no mmap per allocation,
+    no trimming) instead of asking the kernel for fresh zeroed pages each time: the
+    analysis makes many temporary arrays of one size (tens of MB for millions of
+    events), and the page faults of fresh ones cost more than the work on them. For a
+    short-lived command; the memory is returned when it exits. False if not glibc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = mallopt(_M_MMAP_MAX, 0) == 1
+    return mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok
+
 
 def _i64(cols: Columns, name: str) -> I64:
     if name not in cols:

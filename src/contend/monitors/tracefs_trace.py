@@ -156,6 +156,7 @@ def read_interval(elapsed: float, fill: float) -> float:
 
 def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) -> TracefsRun:
     machine = platform.machine()
+    tl.reuse_freed_memory()
     buffer_kb = (opts.buffer_pages or tf.DEFAULT_BUFFER_KB // PAGE_KB) * PAGE_KB
     tracer = tf.Tracer(event_specs(opts.monitors, machine), buffer_kb=buffer_kb)
     fs = ProcFS()
@@ -251,6 +252,7 @@ def analyse(
     machine: str | None = None,
 ) -> TracefsRun:
     """Events to a TraceResult (the same code path for a live run and a saved session)."""
+    tl.reuse_freed_memory()
     chosen = set(monitors)
     tl.learn_tasks(capture, tasks)
     notes: list[str] = []
