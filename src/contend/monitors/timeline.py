@@ -79,8 +79,10 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = mallopt(_M_MMAP_MAX, 0) == 1
-    return mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok
+    mallopt.restype = ctypes.c_int
+    ok: bool = mallopt(_M_MMAP_MAX, 0) == 1
+    trimmed: bool = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    return ok and trimmed
 
 
 def _i64(cols: Columns, name: str) -> I64:
