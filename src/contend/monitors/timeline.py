@@ -234,7 +234,7 @@ class _Keys:
     ``((rank of tid << time_bits) | ts - base) << low_bits | low``."""
 
     keys: list[I64]
-    tids: I64  # rank -> tid
+    tids: I64 | None  # rank -> tid (None: the rank is the tid)
     time_bits: int
     base: int
 
@@ -249,16 +249,27 @@ class _Keys:
 
 def _pack(tids: list[I64], stamps: list[I64], lows: list[I64], low_bits: int) -> _Keys | None:
     """Task and time (and `lows`, < 2^low_bits) in one sortable int64 per event; None when
-    they do not fit in 62 bits (then the callers sort on several keys)."""
-    dense = _dense_ids(*tids)
+    they do not fit in 62 bits (then the callers sort on several keys). The tid itself
+    when it fits, else its rank among the distinct tids."""
     full = [s for s in stamps if len(s)]
-    if dense is None or not full:
+    full_tids = [t for t in tids if len(t)]
+    if not full or not full_tids:
         return None
-    uniq, ranks = dense
     base = min(int(s.min()) for s in full)
     time_bits = max(1, (max(int(s.max()) for s in full) - base).bit_length())
-    if max(1, (len(uniq) - 1).bit_length()) + time_bits + low_bits > 62:
-        return None
+    uniq: I64 | None = None
+    if (
+        min(int(t.min()) for t in full_tids) >= 0
+        and max(int(t.max()) for t in full_tids).bit_length() + time_bits + low_bits <= 62
+    ):
+        ranks = [np.array(t, dtype=np.int64) for t in tids]  # fresh: shifted in place
+    else:
+        dense = _dense_ids(*tids)
+        if dense is None:
+            return None
+        uniq, ranks = dense
+        if max(1, (len(uniq) - 1).bit_length()) + time_bits + low_bits > 62:
+            return None
     keys = []
     for key, stamp, low in zip(ranks, stamps, lows, strict=True):
         # In place (`key` is a fresh array): rank << time_bits | (ts - base), shifted.
@@ -352,6 +363,22 @@ def _by_cpu_then_time(sw: Columns) -> npt.NDArray[np.intp]:
         order: npt.NDArray[np.intp] = np.argsort(cpu, kind="stable")
         return order
     order = np.lexsort((ts, cpu.astype(np.int64)))
+    return order
+
+
+def _by_first_then_second(first: I64, second: I64) -> npt.NDArray[np.intp]:
+    """np.lexsort((second, first)): one packed key, stable-sorted (mostly in order already,
+    which the stable sort's runs take as they are) when both fit in 62 bits."""
+    integers = first.dtype.kind in "iu" and second.dtype.kind in "iu"
+    if integers and len(first) and int(first.min()) >= 0 and int(second.min()) >= 0:
+        bits = max(1, int(second.max()).bit_length())
+        if int(first.max()).bit_length() + bits <= 62:
+            key = np.array(first, dtype=np.int64)
+            key <<= bits
+            key += second
+            order: npt.NDArray[np.intp] = np.argsort(key, kind="stable")
+            return order
+    order = np.lexsort((second, first))
     return order
 
 
@@ -823,7 +850,7 @@ def occupancy(capture: Capture, slices: OnCpu) -> Occupancy:
     sw = capture.get("sched_switch")
     ts, cpu = _i64(sw, "ts"), _i64(sw, "cpu")
     nxt = _i64(sw, "next_pid")
-    order = np.lexsort((ts, cpu))
+    order = _by_cpu_then_time(sw)
     ts, cpu, nxt = ts[order], cpu[order], nxt[order]
     pair = (cpu[1:] == cpu[:-1]) & (nxt[:-1] != 0)
     tid = np.concatenate(
@@ -834,7 +861,7 @@ def occupancy(capture: Capture, slices: OnCpu) -> Occupancy:
     )
     end = np.concatenate([ts[1:][pair], slices.end[-slices.inferred :] if slices.inferred else []])
     on = np.concatenate([cpu[1:][pair], slices.cpu[-slices.inferred :] if slices.inferred else []])
-    o = np.lexsort((start, on))
+    o = _by_first_then_second(on, start)
     tid, on, start, end = tid[o], on[o], start[o], end[o]
     # A task whose switch-out the pid filter did not record held the CPU at most until
     # the next known holder came: clip, and drop what is left empty.
