@@ -23,6 +23,7 @@ Kernel facts used here:
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -72,8 +73,6 @@ def reuse_freed_memory() -> bool:
     events), and the page faults of fresh ones cost more than the work on them. For a
     short-lived command; the memory is returned when it exits. False if not glibc."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
