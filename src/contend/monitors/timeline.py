@@ -331,12 +331,22 @@ def _pair_waits(ev_tid: I64, ev_ts: I64, ev_kind: I64, ev_cpu: I64) -> tuple[I64
         # Equal (task, time, kind): their order is the events' own, which the key lost.
         task_time_kind = keys >> cpu_bits
         if not np.any(task_time_kind[1:] == task_time_kind[:-1]):
+            # As _pair_sorted, on the keys: only the waits' own are unpacked.
             kind = task_time_kind & 1
-            ranks = packed.rank(keys, 1 + cpu_bits)
-            tid_at = ranks  # same task <=> same rank
-            ts_at = packed.ts(keys, 1 + cpu_bits)
-            cpu_at = keys & ((1 << cpu_bits) - 1)
-            return _pair_sorted(tid_at, ts_at, kind, cpu_at, packed.tids)
+            task = packed.rank(keys, 1 + cpu_bits)
+            valid = np.zeros(n, dtype=bool)
+            valid[1:] = (kind[1:] == 1) & (kind[:-1] == 0) & (task[1:] == task[:-1])
+            ends = keys[valid]
+            starts = keys[np.flatnonzero(valid) - 1]
+            who = packed.rank(ends, 1 + cpu_bits)
+            if packed.tids is not None:
+                who = packed.tids[who]
+            return (
+                who,
+                packed.ts(starts, 1 + cpu_bits),
+                packed.ts(ends, 1 + cpu_bits),
+                ends & ((1 << cpu_bits) - 1),
+            )
     o = np.lexsort((ev_kind, ev_ts, ev_tid))
     return _pair_sorted(ev_tid[o], ev_ts[o], ev_kind[o], ev_cpu[o], None)
 
