@@ -272,8 +272,8 @@ def walk_pages(
         s_rank: list[I64s] = []
         while len(pos):
             h = words[pos]
-            tl = (h & type_mask).astype(np.int64)
-            delta = (h >> bits).astype(np.int64)
+            tl = h & type_mask  # uint32; sums with int64 arrays are int64
+            delta = h >> bits
             ts = ts + delta
             special = (tl == 0) | (tl > data_max)
             if not special.any():
@@ -286,6 +286,7 @@ def walk_pages(
                 keep = pos < end
             else:
                 after = words[np.minimum(pos + 1, last)].astype(np.int64)
+                tl, delta = tl.astype(np.int64), delta.astype(np.int64)
                 long = tl == 0  # length in the next word, which it counts
                 rec = ~special | long
                 extend = tl == ev.time_extend
