@@ -4,7 +4,8 @@
    N records, decoded by the plain-Python struct reference and by the numpy path
    (header walk + vectorised field gathering + cross-CPU merge). Events/s, and the ratio.
 2. Analysis: the cpu monitor (slices, waits, occupancy, the longest waits) over the
-   decoded columns of `--analyse` records (default 10M).
+   decoded columns of `--analyse` records (default 10M), decoded first in batches of a
+   buffer's worth (as a run reads them) and merged.
 3. At the lab's event rate: a pipe ping-pong paced to about 60k sched events/s; contend
    trace cpu --backend tracefs on it: its CPU time (% of one core), events, losses; then
    `perf sched record -a` on the same workload for the same time: perf's CPU, and the
@@ -139,8 +140,16 @@ def bench_decode(
 def bench_analysis(
     pages: list[bytes], cpus: list[int], header: tf.PageHeader, fmt: tf.EventFormat
 ) -> dict[str, float]:
+    # Decoded as a run decodes them: a batch per read (at most a buffer's worth per CPU,
+    # the default 4 MiB), merged at the end as `Tracer.finish` does.
     t = time.perf_counter()
-    cols = tf.columns(tf.decode(pages, cpus, header), fmt, FIELDS)
+    batch = 2 * tf.DEFAULT_BUFFER_KB * 1024 // header.page_size
+    chunks = [
+        tf.columns(tf.decode(pages[i : i + batch], cpus[i : i + batch], header), fmt, FIELDS)
+        for i in range(0, len(pages), batch)
+    ]
+    cols = tf.merge(chunks)
+    del chunks
     decode_s = time.perf_counter() - t
     capture = tf.Capture({"sched_switch": cols}, {0: 0, 1: 0})
     t = time.perf_counter()
@@ -227,6 +236,8 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_tracefs: run as root")
+    # As `contend trace --backend tracefs` and `contend report` run: freed arrays reused.
+    tl.reuse_freed_memory()
     if args.only_rate:
         report_rate(args.rate, args.seconds)
         return

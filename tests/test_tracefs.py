@@ -164,6 +164,21 @@ def test_time_extend_long_records_and_padding() -> None:
     assert records.cpu.tolist() == [1, 1, 1]
 
 
+def test_absolute_stamp_and_pages_walked_together() -> None:
+    """An absolute time stamp (type 31) replaces the low 59 bits; several pages of
+    different lengths, walked together, keep page order."""
+    small = struct.pack("<HBBi", 7, 0, 0, 1)
+    stamp = (5 << 27) + 3
+    body = _rec(2, 10) + small + _rec(31, 3, 5) + _rec(2, 2) + small
+    short = _rec(2, 4) + small
+    pages = [_page(1000, body), _page(2000, short), _page(3000, body + body)]
+    records = tf.decode(pages, [0, 1, 0], header())
+    assert records.ts.tolist() == [1010, stamp + 2, 2004, 3010, stamp + 2, stamp + 12,
+                                   stamp + 2]  # fmt: skip
+    assert records.cpu.tolist() == [0, 0, 1, 0, 0, 0, 0]
+    assert records.offset.tolist() == [20, 40, 4096 + 20] + [8192 + o for o in (20, 40, 52, 72)]
+
+
 def test_a_null_padding_ends_the_page() -> None:
     small = struct.pack("<HBBi", 7, 0, 0, 1)
     body = _rec(2, 3) + small + _rec(29, 0) + _rec(2, 3) + small

@@ -26,7 +26,6 @@ import os
 import re
 import struct
 import time
-from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +196,7 @@ def lost_between(start: dict[str, int], end: dict[str, int]) -> int:
 # kernel/trace/ring_buffer.c: the commit word's top bits flag events missed before the page.
 _RB_MISSED_FLAGS = (1 << 31) | (1 << 30)
 _TS_MSB_SHIFT = 59  # rb_fix_abs_ts(): an absolute stamp carries only the low 59 bits
+I64s = npt.NDArray[np.int64]
 
 
 @dataclass
@@ -214,63 +214,120 @@ class Records:
         return len(self.offset)
 
 
+_WALK_PAGES = 2048  # pages walked together: their records are reordered within cache
+
+
+def _page_words(
+    joined: bytes, sizes: I64s, header: PageHeader
+) -> tuple[npt.NDArray[np.uint32], I64s, I64s, I64s]:
+    """The pages' words, and per page: its time stamp, first data word, end of data."""
+    n = len(sizes)
+    base = np.zeros(n, np.int64)
+    np.cumsum(sizes[:-1], out=base[1:])
+    buf = np.frombuffer(joined, np.uint8)
+    words = buf[: len(buf) // 4 * 4].view("<u4")
+    ts = buf[base[:, None] + (header.timestamp.offset + np.arange(8))].view("<i8").ravel()
+    # The commit's low 32 bits hold the length (its top bits flag missed events).
+    commit = buf[base[:, None] + (header.commit.offset + np.arange(4))].view("<u4").ravel()
+    length = commit.astype(np.int64) & (0xFFFFFFFF & ~_RB_MISSED_FLAGS)
+    end = (base + np.minimum(header.data.offset + length, sizes)) >> 2
+    return words, ts, (base + header.data.offset) >> 2, end
+
+
 def walk_pages(
     pages: Sequence[bytes], header: PageHeader, ev: EventHeader = EventHeader()
-) -> tuple[bytes, array[int], array[int], array[int]]:
-    """The serial part: walk each page's record headers. Returns the pages joined, and
-    per data record its byte offset in them, its timestamp and the page's index."""
+) -> tuple[bytes, I64s, I64s, I64s]:
+    """Walk each page's record headers. Returns the pages joined, and per data record its
+    byte offset in them, its timestamp and the page's index, in page order.
+
+    Vectorised across pages: every page of a group advances one record per step (the
+    steps are as many as a page has records), so Python runs per step, not per record.
+    A step where every header is a plain data record (type_len 1..28) is a few array
+    operations; the others (long records, time extends, padding, absolute stamps) take
+    a slower path for that step only."""
     joined = b"".join(pages)
-    words = memoryview(joined).cast("I")
-    # array('q') appends as fast as a list and hands numpy its buffer without a copy.
-    offsets = array("q")
-    stamps = array("q")
-    page_of = array("q")
-    add_off, add_ts, add_page = offsets.append, stamps.append, page_of.append
-    ts_off, commit_off, data_off = header.timestamp.offset, header.commit.offset, header.data.offset
-    commit_fmt = "<q" if header.commit.size == 8 else "<i"
-    bits = ev.type_len_bits
-    type_mask = (1 << bits) - 1
-    data_max, padding, extend, absolute = ev.data_max, ev.padding, ev.time_extend, ev.time_stamp
-    delta_bits = ev.time_delta_bits
-    base = 0
-    for index, page in enumerate(pages):
-        size = len(page)
-        ts = struct.unpack_from("<Q", joined, base + ts_off)[0]
-        (commit,) = struct.unpack_from(commit_fmt, joined, base + commit_off)
-        length = (commit & ~_RB_MISSED_FLAGS) & 0xFFFFFFFF
-        end_w = (base + min(data_off + length, size)) >> 2
-        i = (base + data_off) >> 2
-        while i < end_w:
-            h = words[i]
-            tl = h & type_mask
-            if 0 < tl <= data_max:
-                ts += h >> bits
-                add_off((i + 1) << 2)
-                add_ts(ts)
-                add_page(index)
-                i += tl + 1
-            elif tl == 0:
-                ts += h >> bits
-                add_off((i + 2) << 2)
-                add_ts(ts)
-                add_page(index)
-                i += 1 + ((words[i + 1] + 3) >> 2)
-            elif tl == extend:
-                ts += (words[i + 1] << delta_bits) + (h >> bits)
-                i += 2
-            elif tl == padding:
-                if (h >> bits) == 0:
-                    break  # the rest of the page is empty
-                ts += h >> bits
-                i += 1 + ((words[i + 1] + 3) >> 2)
-            elif tl == absolute:
-                stamp = (words[i + 1] << delta_bits) + (h >> bits)
-                ts = (ts & ~((1 << _TS_MSB_SHIFT) - 1)) | stamp
-                i += 2
+    n = len(pages)
+    empty = np.zeros(0, np.int64)
+    if n == 0:
+        return joined, empty, empty.copy(), empty.copy()
+    sizes = np.fromiter(map(len, pages), np.int64, n)
+    words, ts0, pos0, end0 = _page_words(joined, sizes, header)
+    last = len(words) - 1
+    bits, dbits = ev.type_len_bits, ev.time_delta_bits
+    type_mask, data_max = (1 << bits) - 1, ev.data_max
+    high = np.int64(-(1 << _TS_MSB_SHIFT))  # the bits an absolute stamp keeps
+    out_word: list[I64s] = []
+    out_ts: list[I64s] = []
+    out_page: list[I64s] = []
+    for lo in range(0, n, _WALK_PAGES):
+        hi = min(n, lo + _WALK_PAGES)
+        pos, end, ts = pos0[lo:hi], end0[lo:hi], ts0[lo:hi].copy()
+        page = np.arange(lo, hi, dtype=np.int64)
+        keep = pos < end
+        pos, end, ts, page = pos[keep], end[keep], ts[keep], page[keep]
+        rank = np.zeros(len(pos), np.int64)  # records the page gave before this step
+        s_word: list[I64s] = []
+        s_ts: list[I64s] = []
+        s_page: list[I64s] = []
+        s_rank: list[I64s] = []
+        while len(pos):
+            h = words[pos]
+            tl = h & type_mask  # uint32; sums with int64 arrays are int64
+            delta = h >> bits
+            ts = ts + delta
+            special = (tl == 0) | (tl > data_max)
+            if not special.any():
+                s_word.append(pos)
+                s_ts.append(ts)
+                s_page.append(page)
+                s_rank.append(rank)
+                rank = rank + 1
+                pos = pos + tl + 1
+                keep = pos < end
             else:
-                break
-        base += size
-    return joined, offsets, stamps, page_of
+                after = words[np.minimum(pos + 1, last)].astype(np.int64)
+                tl, delta = tl.astype(np.int64), delta.astype(np.int64)
+                long = tl == 0  # length in the next word, which it counts
+                rec = ~special | long
+                extend = tl == ev.time_extend
+                padding = tl == ev.padding
+                absolute = tl == ev.time_stamp
+                ts[extend] += after[extend] << dbits
+                if absolute.any():
+                    d = delta[absolute]
+                    ts[absolute] = ((ts[absolute] - d) & high) | ((after[absolute] << dbits) + d)
+                s_word.append(pos[rec] + long[rec])
+                s_ts.append(ts[rec])
+                s_page.append(page[rec])
+                s_rank.append(rank[rec])
+                rank = rank + rec
+                skip = 1 + ((after + 3) >> 2)
+                pos = pos + np.where(long | padding, skip, np.where(extend | absolute, 2, tl + 1))
+                # A padding without delta: the rest of the page is empty.
+                stop = (padding & (delta == 0)) | ~(rec | extend | padding | absolute)
+                keep = (pos < end) & ~stop
+            if not keep.all():
+                pos, end, ts, page, rank = pos[keep], end[keep], ts[keep], page[keep], rank[keep]
+        if not s_page:
+            continue
+        # Step order to page order: each record's place is its page's first + its rank.
+        pg = np.concatenate(s_page)
+        counts = np.bincount(pg - lo, minlength=hi - lo)
+        first = np.zeros(hi - lo, np.int64)
+        np.cumsum(counts[:-1], out=first[1:])
+        dest = first[pg - lo] + np.concatenate(s_rank)
+        for out, parts in ((out_word, s_word), (out_ts, s_ts)):
+            ordered = np.empty(len(pg), np.int64)
+            ordered[dest] = np.concatenate(parts)
+            out.append(ordered)
+        ordered = np.empty(len(pg), np.int64)
+        ordered[dest] = pg
+        out_page.append(ordered)
+    if not out_word:
+        return joined, empty, empty.copy(), empty.copy()
+    # A record's data starts after its header word (after the length word: see above).
+    offsets = (np.concatenate(out_word) + 1) << 2
+    return joined, offsets, np.concatenate(out_ts), np.concatenate(out_page)
 
 
 def decode(
@@ -280,18 +337,15 @@ def decode(
     ev: EventHeader = EventHeader(),
 ) -> Records:
     """Pages (one CPU each, ``cpus[i]``) to records; fields are then gathered with numpy."""
-    joined, offsets, stamps, page_of = walk_pages(pages, header, ev)
+    joined, off, ts, page_of = walk_pages(pages, header, ev)
     buf = np.frombuffer(joined, dtype=np.uint8)
-    off = np.frombuffer(offsets, dtype=np.int64) if len(offsets) else np.zeros(0, np.int64)
     # common_type: the low half of each record's first (4-byte aligned) word.
     type_id = (buf[: len(buf) // 4 * 4].view("<u4")[off // 4] & 0xFFFF).astype(np.uint16)
     return Records(
         buf=buf,
         offset=off,
-        ts=np.frombuffer(stamps, dtype=np.int64) if len(stamps) else np.zeros(0, np.int64),
-        cpu=np.array(cpus, dtype=np.int16)[np.frombuffer(page_of, dtype=np.int64)]
-        if len(off)
-        else np.zeros(0, np.int16),
+        ts=ts,
+        cpu=np.array(cpus, dtype=np.int16)[page_of] if len(off) else np.zeros(0, np.int16),
         type_id=type_id,
     )
 
@@ -411,7 +465,7 @@ def decode_struct(
     unpack = struct.Struct(layout).unpack_from
     type_of = struct.Struct("<H").unpack_from
     out = []
-    for off, ts, page in zip(offsets, stamps, page_of, strict=True):
+    for off, ts, page in zip(offsets.tolist(), stamps.tolist(), page_of.tolist(), strict=True):
         if type_of(joined, off)[0] != fmt.id:
             continue
         values = unpack(joined, off)
@@ -685,6 +739,16 @@ class Capture:
         return self.events.get(event, {})
 
 
+def merge(chunks: Sequence[Columns]) -> Columns:
+    """Batches of one event's columns as one, in time order (stable: a CPU's own order)."""
+    merged = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    ts = merged["ts"]
+    if np.all(ts[1:] >= ts[:-1]):
+        return merged  # each batch after the last already: the sort would keep all
+    order = np.argsort(ts, kind="stable")
+    return {k: v[order] for k, v in merged.items()}
+
+
 @dataclass
 class EventSpec:
     system: str
@@ -703,6 +767,7 @@ class Tracer:
         self._chunks: dict[str, list[Columns]] = {s.name: [] for s in self.specs}
         self.records = 0
         self.pages = 0
+        self.fill = 0.0  # the last batch: the most pages one CPU gave, / its buffer's pages
 
     def open(self, follow: Iterable[int] | None = None) -> None:
         """Create the instance and enable the events (tracing still off). `follow`: the
@@ -728,9 +793,11 @@ class Tracer:
         """Read and decode what the buffers hold now; returns the records decoded."""
         inst = self.instance
         pages, cpus = inst.read_pages()
+        assert inst.header is not None
+        per_cpu = np.bincount(np.array(cpus, dtype=np.int64)) if cpus else np.zeros(1, np.int64)
+        self.fill = int(per_cpu.max()) * inst.header.page_size / (inst.buffer_kb * 1024)
         if not pages:
             return 0
-        assert inst.header is not None
         records = decode(pages, cpus, inst.header, inst.event_header)
         self.pages += len(pages)
         self.records += len(records)
@@ -752,9 +819,7 @@ class Tracer:
             chunks = self._chunks[s.name]
             if not chunks:
                 continue
-            merged = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-            order = np.argsort(merged["ts"], kind="stable")
-            events[s.name] = {k: v[order] for k, v in merged.items()}
+            events[s.name] = merge(chunks)
         return Capture(events, lost, self.records, self.pages)
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ Kernel facts used here:
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -60,11 +61,33 @@ NOT_FATAL = frozenset({17, 18, 19, 20, 21, 22, 23, 28})  # CHLD CONT STOP TSTP T
 
 I64 = npt.NDArray[np.int64]
 
+# glibc mallopt(3) parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def reuse_freed_memory() -> bool:
+    """Let this process reuse the memory of freed arrays (glibc: no mmap per allocation,
+    no trimming) instead of asking the kernel for fresh zeroed pages each time: the
+    analysis makes many temporary arrays of one size (tens of MB for millions of
+    events), and the page faults of fresh ones cost more than the work on them. For a
+    short-lived command; the memory is returned when it exits. False if not glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok: bool = mallopt(_M_MMAP_MAX, 0) == 1
+    trimmed: bool = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    return ok and trimmed
+
 
 def _i64(cols: Columns, name: str) -> I64:
     if name not in cols:
         return np.zeros(0, dtype=np.int64)
-    return cols[name].astype(np.int64)
+    return cols[name].astype(np.int64, copy=False)  # read-only use: no copy if int64
 
 
 def _comm(raw: object) -> str:
@@ -96,7 +119,16 @@ class Tasks:
             return nonzero
         if not self.targets:
             return np.zeros(len(tids), dtype=bool)
-        mask: npt.NDArray[np.bool_] = np.isin(tids, np.fromiter(self.targets, dtype=np.int64))
+        wanted = np.fromiter(self.targets, dtype=np.int64)
+        if len(tids) and min(int(tids.min()), int(wanted.min())) >= 0:
+            top = max(int(tids.max()), int(wanted.max()))
+            if top < _TID_TABLE:
+                # A table indexed by tid: one gather, no sort.
+                table = np.zeros(top + 1, dtype=bool)
+                table[wanted] = True
+                found: npt.NDArray[np.bool_] = table[tids]
+                return found
+        mask: npt.NDArray[np.bool_] = np.isin(tids, wanted)
         return mask
 
     def pid_of(self, tid: int) -> int:
@@ -132,13 +164,10 @@ def learn_tasks(capture: Capture, tasks: Tasks) -> Tasks:
     sw = capture.get("sched_switch")
     if sw:
         # The last name each task had when it left a CPU (a later exec renames it).
-        prev = _i64(sw, "prev_pid")
-        names = sw["prev_comm"]
-        order = np.argsort(prev, kind="stable")
-        sorted_prev = prev[order]
-        ends = np.nonzero(np.r_[sorted_prev[1:] != sorted_prev[:-1], True])[0]
-        for pos in ends.tolist():
-            tasks.comm[int(sorted_prev[pos])] = _comm(names[order[pos]])
+        uniq, last = _last_of_each(_i64(sw, "prev_pid"))
+        names = sw["prev_comm"][last]
+        for tid, name in zip(uniq.tolist(), names.tolist(), strict=True):
+            tasks.comm[tid] = _comm(name)
     ex = capture.get("sched_process_exec")
     for tid, filename in zip(_i64(ex, "pid").tolist(), ex.get("filename", []), strict=True):
         # The comm after exec is the file's base name, cut to TASK_COMM_LEN - 1.
@@ -179,12 +208,195 @@ def log2_hist(values_us: I64) -> tuple[HistBucket, ...]:
     return tuple(out)
 
 
+# Task ids are at most PID_MAX_LIMIT (2^22): one table indexed by tid renumbers them.
+_TID_TABLE = 1 << 23
+
+
+def _dense_ids(*arrays: I64) -> tuple[I64, list[I64]] | None:
+    """The distinct task ids of `arrays`, ascending, and each array as indices into them:
+    through a table indexed by tid, not a sort. None if an id is out of the table."""
+    full = [a for a in arrays if len(a)]
+    if not full:
+        return np.zeros(0, np.int64), [np.zeros(0, np.int64) for _ in arrays]
+    if min(int(a.min()) for a in full) < 0 or max(int(a.max()) for a in full) >= _TID_TABLE:
+        return None
+    present = np.zeros(max(int(a.max()) for a in full) + 1, dtype=bool)
+    for a in full:
+        present[a] = True
+    rank = np.cumsum(present, dtype=np.int64) - 1
+    return np.flatnonzero(present).astype(np.int64), [rank[a] for a in arrays]
+
+
+@dataclass
+class _Keys:
+    """Events packed in one int64 each, ordered as (task, time, low bits):
+    ``((rank of tid << time_bits) | ts - base) << low_bits | low``."""
+
+    keys: list[I64]
+    tids: I64 | None  # rank -> tid (None: the rank is the tid)
+    time_bits: int
+    base: int
+
+    def ts(self, key: I64, low_bits: int) -> I64:
+        stamps: I64 = ((key >> low_bits) & ((1 << self.time_bits) - 1)) + self.base
+        return stamps
+
+    def rank(self, key: I64, low_bits: int) -> I64:
+        ranks: I64 = key >> (low_bits + self.time_bits)
+        return ranks
+
+
+def _pack(tids: list[I64], stamps: list[I64], lows: list[I64], low_bits: int) -> _Keys | None:
+    """Task and time (and `lows`, < 2^low_bits) in one sortable int64 per event; None when
+    they do not fit in 62 bits (then the callers sort on several keys). The tid itself
+    when it fits, else its rank among the distinct tids."""
+    full = [s for s in stamps if len(s)]
+    full_tids = [t for t in tids if len(t)]
+    if not full or not full_tids:
+        return None
+    base = min(int(s.min()) for s in full)
+    time_bits = max(1, (max(int(s.max()) for s in full) - base).bit_length())
+    uniq: I64 | None = None
+    if (
+        min(int(t.min()) for t in full_tids) >= 0
+        and max(int(t.max()) for t in full_tids).bit_length() + time_bits + low_bits <= 62
+    ):
+        ranks = [np.array(t, dtype=np.int64) for t in tids]  # fresh: shifted in place
+    else:
+        dense = _dense_ids(*tids)
+        if dense is None:
+            return None
+        uniq, ranks = dense
+        if max(1, (len(uniq) - 1).bit_length()) + time_bits + low_bits > 62:
+            return None
+    keys = []
+    for key, stamp, low in zip(ranks, stamps, lows, strict=True):
+        # In place (`key` is a fresh array): rank << time_bits | (ts - base), shifted.
+        key <<= time_bits
+        key += stamp
+        key -= base
+        if low_bits:
+            key <<= low_bits
+            key |= low
+        keys.append(key)
+    return _Keys(keys, uniq, time_bits, base)
+
+
+def _latest_before(ev_tid: I64, ev_ts: I64, q_tid: I64, q_ts: I64) -> I64:
+    """Per query: the latest `ev_ts` of an event of the same task strictly before `q_ts`
+    (-1: none)."""
+    out = np.full(len(q_tid), -1, dtype=np.int64)
+    if len(q_tid) == 0 or len(ev_tid) == 0:
+        return out
+    zero = np.zeros(1, np.int64)
+    packed = _pack([ev_tid, q_tid], [ev_ts, q_ts], [zero, zero], 0)
+    if packed is None:
+        # Several keys: the queries sorted in with the events (first on a tie: strictly
+        # before), the last event carried forward.
+        n_q = len(q_tid)
+        all_tid = np.concatenate([q_tid, ev_tid])
+        all_ts = np.concatenate([q_ts, ev_ts])
+        kind = np.concatenate([np.zeros(n_q, np.int64), np.ones(len(ev_tid), np.int64)])
+        o = np.lexsort((kind, all_ts, all_tid))
+        all_tid, all_ts, kind = all_tid[o], all_ts[o], kind[o]
+        last = np.maximum.accumulate(np.where(kind == 1, np.arange(len(o)), -1))
+        q_pos = np.nonzero(kind == 0)[0]
+        at = np.maximum(last[q_pos], 0)
+        hit = (last[q_pos] >= 0) & (all_tid[at] == all_tid[q_pos])
+        out[o[q_pos]] = np.where(hit, all_ts[at], -1)
+        return out
+    events = np.sort(packed.keys[0])
+    queries = packed.keys[1]
+    qo = np.argsort(queries)
+    qk = queries[qo]
+    # The last event below each query's key: the same task's only if the rank agrees.
+    at = np.searchsorted(events, qk, "left") - 1
+    k = events[np.maximum(at, 0)]
+    hit = (at >= 0) & (packed.rank(k, 0) == packed.rank(qk, 0))
+    out[qo] = np.where(hit, packed.ts(k, 0), -1)
+    return out
+
+
+def _pair_waits(ev_tid: I64, ev_ts: I64, ev_kind: I64, ev_cpu: I64) -> tuple[I64, I64, I64, I64]:
+    """Run-queue waits: a start (kind 0) then the task's next end (kind 1); the latest
+    start wins. In (task, time) order: tid, start, end and the end's CPU of each wait."""
+    n = len(ev_tid)
+    cpu_bits = max(1, int(ev_cpu.max()).bit_length()) if n else 1
+    packed = None
+    if n and int(ev_cpu.min()) >= -1:
+        low = (ev_kind << cpu_bits) | np.where(ev_kind == 1, ev_cpu, 0)
+        packed = _pack([ev_tid], [ev_ts], [low], 1 + cpu_bits)
+    if packed is not None:
+        keys = np.sort(packed.keys[0])
+        # Equal (task, time, kind): their order is the events' own, which the key lost.
+        task_time_kind = keys >> cpu_bits
+        if not np.any(task_time_kind[1:] == task_time_kind[:-1]):
+            # As _pair_sorted, on the keys: only the waits' own are unpacked.
+            kind = task_time_kind & 1
+            task = packed.rank(keys, 1 + cpu_bits)
+            valid = np.zeros(n, dtype=bool)
+            valid[1:] = (kind[1:] == 1) & (kind[:-1] == 0) & (task[1:] == task[:-1])
+            ends = keys[valid]
+            starts = keys[np.flatnonzero(valid) - 1]
+            who = packed.rank(ends, 1 + cpu_bits)
+            if packed.tids is not None:
+                who = packed.tids[who]
+            return (
+                who,
+                packed.ts(starts, 1 + cpu_bits),
+                packed.ts(ends, 1 + cpu_bits),
+                ends & ((1 << cpu_bits) - 1),
+            )
+    o = np.lexsort((ev_kind, ev_ts, ev_tid))
+    return _pair_sorted(ev_tid[o], ev_ts[o], ev_kind[o], ev_cpu[o], None)
+
+
+def _pair_sorted(
+    tid: I64, ts: I64, kind: I64, cpu: I64, names: I64 | None
+) -> tuple[I64, I64, I64, I64]:
+    """Events sorted by task, time, kind: an end whose latest start comes after the
+    previous end is an end right after a start of the same task (nothing lies between)."""
+    valid = np.zeros(len(tid), dtype=bool)
+    valid[1:] = (kind[1:] == 1) & (kind[:-1] == 0) & (tid[1:] == tid[:-1])
+    start = np.flatnonzero(valid) - 1
+    who = tid[valid] if names is None else names[tid[valid]]
+    return who, ts[start], ts[valid], cpu[valid]
+
+
+def _by_cpu_then_time(sw: Columns) -> npt.NDArray[np.intp]:
+    """The switches' order by CPU, then time (then as given): a stable sort by CPU
+    alone when they are in time order already (as a capture's are)."""
+    ts = _i64(sw, "ts")
+    cpu = sw["cpu"] if "cpu" in sw else np.zeros(0, np.int64)
+    if np.all(ts[1:] >= ts[:-1]):
+        order: npt.NDArray[np.intp] = np.argsort(cpu, kind="stable")
+        return order
+    order = np.lexsort((ts, cpu.astype(np.int64)))
+    return order
+
+
+def _by_first_then_second(first: I64, second: I64) -> npt.NDArray[np.intp]:
+    """np.lexsort((second, first)): one packed key, stable-sorted (mostly in order already,
+    which the stable sort's runs take as they are) when both fit in 62 bits."""
+    integers = first.dtype.kind in "iu" and second.dtype.kind in "iu"
+    if integers and len(first) and int(first.min()) >= 0 and int(second.min()) >= 0:
+        bits = max(1, int(second.max()).bit_length())
+        if int(first.max()).bit_length() + bits <= 62:
+            key = np.array(first, dtype=np.int64)
+            key <<= bits
+            key += second
+            order: npt.NDArray[np.intp] = np.argsort(key, kind="stable")
+            return order
+    order = np.lexsort((second, first))
+    return order
+
+
 def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
     sw = capture.get("sched_switch")
     ts, cpu = _i64(sw, "ts"), _i64(sw, "cpu")
     prev, nxt = _i64(sw, "prev_pid"), _i64(sw, "next_pid")
     state = _i64(sw, "prev_state")
-    order = np.lexsort((ts, cpu))
+    order = _by_cpu_then_time(sw)
     ts, cpu, prev, nxt, state = ts[order], cpu[order], prev[order], nxt[order], state[order]
     same_cpu = cpu[1:] == cpu[:-1]
     a_next, b_prev = nxt[:-1], prev[1:]
@@ -215,29 +427,12 @@ def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
     inf_start = np.full(len(inf_tid), -1, dtype=np.int64)
     if len(inf_tid):
         # The slice starts after the task's own previous switch (in or out, any CPU) and
-        # after the CPU went to another task; at its wakeup if that came later. All at
-        # once: the queries sorted in with the task's own events (a query first on a tie:
-        # strictly before), the last switch and last wakeup carried forward.
-        n_q = len(inf_tid)
-        all_tid = np.concatenate([inf_tid, prev, nxt, w_tid])
-        all_ts = np.concatenate([inf_end, ts, ts, w_ts])
-        kind = np.concatenate(
-            [np.zeros(n_q, np.int64), np.ones(2 * len(ts), np.int64), np.full(len(w_ts), 2)]
-        )
-        o = np.lexsort((kind, all_ts, all_tid))
-        all_tid, all_ts, kind = all_tid[o], all_ts[o], kind[o]
-        idx = np.arange(len(o))
-        last_switch = np.maximum.accumulate(np.where(kind == 1, idx, -1))
-        last_wake = np.maximum.accumulate(np.where(kind == 2, idx, -1))
-        q_pos = np.nonzero(kind == 0)[0]
-        q_index = o[q_pos]  # which query
-        ls, lw = last_switch[q_pos], last_wake[q_pos]
-        sw_ts = np.where((ls >= 0) & (all_tid[np.maximum(ls, 0)] == all_tid[q_pos]),
-                         all_ts[np.maximum(ls, 0)], -1)  # fmt: skip
-        wk_ts = np.where((lw >= 0) & (all_tid[np.maximum(lw, 0)] == all_tid[q_pos]),
-                         all_ts[np.maximum(lw, 0)], -1)  # fmt: skip
-        bound = np.maximum(inf_lo[q_index], sw_ts)
-        inf_start[q_index] = np.where(wk_ts >= bound, wk_ts, bound)
+        # after the CPU went to another task; at its wakeup if that came later.
+        sw_ts = _latest_before(np.concatenate([prev, nxt]), np.concatenate([ts, ts]),
+                               inf_tid, inf_end)  # fmt: skip
+        wk_ts = _latest_before(w_tid, w_ts, inf_tid, inf_end)
+        bound = np.maximum(inf_lo, sw_ts)
+        inf_start = np.where(wk_ts >= bound, wk_ts, bound)
     found = inf_start >= 0
     tid_all = np.concatenate([slice_tid, inf_tid[found]])
     start_all = np.concatenate([slice_start, inf_start[found]])
@@ -260,36 +455,74 @@ def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
             np.ones(int(in_target.sum()) + int(found.sum()), dtype=np.int64),
         ]
     )
-    o = np.lexsort((ev_kind, ev_ts, ev_tid))
-    ev_tid, ev_ts, ev_kind, ev_cpu = ev_tid[o], ev_ts[o], ev_kind[o], ev_cpu[o]
-    idx = np.arange(len(ev_tid))
-    last_start = np.maximum.accumulate(np.where(ev_kind == 0, idx, -1)) if len(idx) else idx
-    last_end = np.maximum.accumulate(np.where(ev_kind == 1, idx, -1)) if len(idx) else idx
-    prev_end = np.r_[-1, last_end[:-1]] if len(idx) else idx
-    is_end = ev_kind == 1
-    s = last_start
-    valid = is_end & (s >= 0) & (s > prev_end)
-    valid &= ev_tid[np.maximum(s, 0)] == ev_tid
+    wait_tid, wait_start, wait_end, wait_cpu = _pair_waits(ev_tid, ev_ts, ev_kind, ev_cpu)
     return OnCpu(
         tid=tid_all,
         cpu=cpu_all,
         start=start_all,
         end=end_all,
         inferred=int(found.sum()),
-        wait_tid=ev_tid[valid],
-        wait_start=ev_ts[s[valid]],
-        wait_end=ev_ts[valid],
-        wait_cpu=ev_cpu[valid],
+        wait_tid=wait_tid,
+        wait_start=wait_start,
+        wait_end=wait_end,
+        wait_cpu=wait_cpu,
     )
 
 
-def _sum_by(keys: I64, values: I64) -> Counter[int]:
-    """Sum of `values` per key, vectorised."""
+def _sum_by(keys: I64, values: I64 | None = None) -> Counter[int]:
+    """Sum of `values` (None: count) per key, vectorised; keys ascending."""
     if len(keys) == 0:
         return Counter()
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    sums = np.bincount(inverse, weights=values.astype(np.float64))
-    return Counter(dict(zip(uniq.tolist(), np.rint(sums).astype(np.int64).tolist(), strict=True)))
+    dense = _dense_ids(keys)
+    if dense is None:
+        uniq, inverse = np.unique(keys, return_inverse=True)
+    else:
+        uniq, (inverse,) = dense
+    if values is None:
+        sums = np.bincount(inverse, minlength=len(uniq))
+    else:
+        weighted = np.bincount(inverse, weights=values.astype(np.float64), minlength=len(uniq))
+        sums = np.rint(weighted).astype(np.int64)
+    return Counter(dict(zip(uniq.tolist(), sums.tolist(), strict=True)))
+
+
+def _last_of_each(tids: I64) -> tuple[I64, I64]:
+    """The distinct tids, ascending, and where each one occurs last."""
+    dense = _dense_ids(tids)
+    if dense is None:
+        uniq, first = np.unique(tids[::-1], return_index=True)
+        return uniq, len(tids) - 1 - first
+    uniq, (rank,) = dense
+    last = np.zeros(len(uniq), np.int64)
+    np.maximum.at(last, rank, np.arange(len(tids), dtype=np.int64))
+    return uniq, last
+
+
+def _count_pairs(tids: I64, comms: npt.NDArray[np.generic]) -> Counter[tuple[int, str]]:
+    """Counter of (tid, name) as if counted one by one in order (the first seen first)."""
+    out = Counter[tuple[int, str]]()
+    if len(tids) == 0:
+        return out
+    raw = np.ascontiguousarray(comms)
+    key: npt.NDArray[np.uint64] | None = None
+    if raw.dtype.kind == "S" and raw.dtype.itemsize % 8 == 0:
+        # One 64-bit hash of (tid, name bytes); groups are checked, a collision falls back.
+        parts = raw.view(np.uint64).reshape(len(raw), -1)
+        key = tids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        for k in range(parts.shape[1]):
+            key = (key ^ parts[:, k]) * np.uint64(0xBF58476D1CE4E5B9)
+            key ^= key >> np.uint64(31)
+    if key is not None:
+        _, first, inverse, counts = np.unique(
+            key, return_index=True, return_inverse=True, return_counts=True
+        )
+        if np.array_equal(tids[first][inverse], tids) and np.array_equal(raw[first][inverse], raw):
+            for i in np.argsort(first, kind="stable").tolist():
+                out[(int(tids[first[i]]), _comm(raw[first[i]]))] += int(counts[i])
+            return out
+    for tid, comm in zip(tids.tolist(), comms.tolist(), strict=True):
+        out[(tid, _comm(comm))] += 1
+    return out
 
 
 def cpu_rows(
@@ -299,19 +532,17 @@ def cpu_rows(
     prev, nxt, state = _i64(sw, "prev_pid"), _i64(sw, "next_pid"), _i64(sw, "prev_state")
     out_target = tasks.target_mask(prev)
     invol_mask = out_target & ((state & 0xFF) == 0)
-    vol = _sum_by(
-        prev[out_target & ~invol_mask], np.ones(int((out_target & ~invol_mask).sum()), np.int64)
-    )
-    invol = _sum_by(prev[invol_mask], np.ones(int(invol_mask.sum()), np.int64))
+    vol = _sum_by(prev[out_target & ~invol_mask])
+    invol = _sum_by(prev[invol_mask])
     wake = [capture.get("sched_wakeup"), capture.get("sched_wakeup_new")]
     w_tid = np.concatenate([_i64(w, "pid") for w in wake])
     w_mask = tasks.target_mask(w_tid)
-    wakeups = _sum_by(w_tid[w_mask], np.ones(int(w_mask.sum()), np.int64))
+    wakeups = _sum_by(w_tid[w_mask])
     dur = slices.end - slices.start
     on_ns = _sum_by(slices.tid, dur)
-    n_slices = _sum_by(slices.tid, np.ones(len(dur), np.int64))
+    n_slices = _sum_by(slices.tid)
     wait = slices.wait_end - slices.wait_start
-    rq_n = _sum_by(slices.wait_tid, np.ones(len(wait), np.int64))
+    rq_n = _sum_by(slices.wait_tid)
     rq_sum = _sum_by(slices.wait_tid, wait)
     tids = set(on_ns) | set(vol) | set(invol) | set(wakeups) | set(rq_n)
     rows = []
@@ -337,13 +568,11 @@ def cpu_rows(
             )
         )
     rows.sort(key=lambda r: (-r.on_cpu_ns, r.pid, r.tid))
-    preempt = Counter[tuple[int, str]]()
-    for tid, comm in (
-        zip(nxt[invol_mask].tolist(), sw["next_comm"][invol_mask].tolist(), strict=True)
+    preempt = (
+        _count_pairs(nxt[invol_mask], sw["next_comm"][invol_mask])
         if sw
-        else []
-    ):
-        preempt[(tid, _comm(comm))] += 1
+        else Counter[tuple[int, str]]()
+    )
     preemptors = [PreemptorRow(comm=c, pid=p, count=n) for (p, c), n in preempt.most_common(10)]
     if rows:
         rq_hist = log2_hist(wait // 1000)
@@ -630,7 +859,7 @@ def occupancy(capture: Capture, slices: OnCpu) -> Occupancy:
     sw = capture.get("sched_switch")
     ts, cpu = _i64(sw, "ts"), _i64(sw, "cpu")
     nxt = _i64(sw, "next_pid")
-    order = np.lexsort((ts, cpu))
+    order = _by_cpu_then_time(sw)
     ts, cpu, nxt = ts[order], cpu[order], nxt[order]
     pair = (cpu[1:] == cpu[:-1]) & (nxt[:-1] != 0)
     tid = np.concatenate(
@@ -641,7 +870,7 @@ def occupancy(capture: Capture, slices: OnCpu) -> Occupancy:
     )
     end = np.concatenate([ts[1:][pair], slices.end[-slices.inferred :] if slices.inferred else []])
     on = np.concatenate([cpu[1:][pair], slices.cpu[-slices.inferred :] if slices.inferred else []])
-    o = np.lexsort((start, on))
+    o = _by_first_then_second(on, start)
     tid, on, start, end = tid[o], on[o], start[o], end[o]
     # A task whose switch-out the pid filter did not record held the CPU at most until
     # the next known holder came: clip, and drop what is left empty.
@@ -654,9 +883,8 @@ def occupancy(capture: Capture, slices: OnCpu) -> Occupancy:
     if sw:
         # The last name each task had (next side, then prev side over it).
         for pid_col, comm_col in (("next_pid", "next_comm"), ("prev_pid", "prev_comm")):
-            tids = _i64(sw, pid_col)[::-1]
-            uniq, first = np.unique(tids, return_index=True)
-            comms = sw[comm_col][::-1][first]
+            uniq, last = _last_of_each(_i64(sw, pid_col))
+            comms = sw[comm_col][last]
             names.update(zip(uniq.tolist(), (_comm(c) for c in comms.tolist()), strict=True))
     return Occupancy(
         tid.astype(np.int64), on.astype(np.int64), start.astype(np.int64),
@@ -678,6 +906,27 @@ def _held_during(occ: Occupancy, cpu: int, lo: int, hi: int, waiter: int) -> Cou
     return held
 
 
+def _distinct(values: I64) -> I64:
+    """The distinct small non-negative values (CPUs), ascending, without a sort."""
+    if len(values) and int(values.min()) >= 0 and int(values.max()) < _TID_TABLE:
+        found: I64 = np.flatnonzero(np.bincount(values)).astype(np.int64)
+        return found
+    distinct: I64 = np.unique(values)
+    return distinct
+
+
+def _longest(values: I64, top: int) -> npt.NDArray[np.intp]:
+    """Indices of the `top` largest values, largest first, the earlier first on a tie
+    (as a stable sort of all would give): only those at or above the top-th are sorted."""
+    if len(values) > top > 0:
+        kth = np.partition(values, len(values) - top)[len(values) - top]
+        candidates = np.flatnonzero(values >= kth)
+        best: npt.NDArray[np.intp] = candidates[np.argsort(-values[candidates], kind="stable")]
+        return best[:top]
+    order: npt.NDArray[np.intp] = np.argsort(-values, kind="stable")[:top]
+    return order
+
+
 def waits_behind(
     slices: OnCpu, occ: Occupancy, tasks: Tasks, top: int = 10
 ) -> tuple[list[WaitRow], list[Occupant]]:
@@ -687,7 +936,7 @@ def waits_behind(
     # Over all waits: per CPU, W(t) = target threads waiting for it; a holder's share is
     # the integral of W over its interval (F(end) - F(start), F the integral of W).
     total = Counter[int]()
-    for cpu in np.unique(slices.wait_cpu).tolist():
+    for cpu in _distinct(slices.wait_cpu).tolist():
         mine = slices.wait_cpu == cpu
         t = np.concatenate([slices.wait_start[mine], slices.wait_end[mine]])
         step = np.concatenate(
@@ -707,7 +956,7 @@ def waits_behind(
         total.update(_sum_by(occ.tid[held], share))
     total = Counter({tid: ns for tid, ns in total.items() if ns > 0})
     rows = []
-    for i in np.argsort(-wait, kind="stable")[:top].tolist():
+    for i in _longest(wait, top).tolist():
         tid, cpu = int(slices.wait_tid[i]), int(slices.wait_cpu[i])
         lo, hi = int(slices.wait_start[i]), int(slices.wait_end[i])
         held = _held_during(occ, cpu, lo, hi, tid)
