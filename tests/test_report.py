@@ -245,7 +245,8 @@ def test_report_html_of_a_recorded_session(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(doc.read_text())
     shown = open_page(page)
-    assert shown.console_errors == [] and shown.drawn_series >= 5
+    # Drawn: the thread's running and waiting segments, and at least one CPU holder.
+    assert shown.console_errors == [] and shown.drawn_series >= 3
     assert ink_fraction(shown.screenshot) > 0.02
     assert len(shown.marked) >= 6
     for key, (raw, text) in shown.marked.items():
