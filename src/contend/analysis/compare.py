@@ -165,6 +165,10 @@ def _fmt_p(p: float | None) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
+def _times(ratio: float) -> str:
+    return f"x{ratio:.0f}" if ratio >= 10 else f"x{ratio:.2g}"
+
+
 def conclusion(la: str, lb: str, tests: Sequence[DistributionTest]) -> str:
     """One line: is B worse, better or the same as A, on what, by how much."""
     lat = tests[0]
@@ -172,12 +176,12 @@ def conclusion(la: str, lb: str, tests: Sequence[DistributionTest]) -> str:
         return f"{la} vs {lb}: not enough requests to compare."
     detail = (
         f"median request latency {lat.median_a:.0f} -> {lat.median_b:.0f} ms "
-        f"(x{lat.median_ratio:.2g}, Cliff's delta {lat.cliffs_delta:+.2f} {lat.effect}, "
+        f"({_times(lat.median_ratio)}, Cliff's delta {lat.cliffs_delta:+.2f} {lat.effect}, "
         f"{_fmt_p(lat.p_value)})"
     )
     rq = next((t for t in tests if t.name == "run-queue wait"), None)
     if rq is not None and rq.significant and rq.median_ratio:
-        detail += f"; run-queue wait x{rq.median_ratio:.2g} ({rq.effect})"
+        detail += f"; run-queue wait {_times(rq.median_ratio)} ({rq.effect})"
     if not lat.significant or lat.effect == "negligible":
         return f"{lb} is no different from {la}: {detail}."
     word = "slower" if lat.cliffs_delta > 0 else "faster"
