@@ -207,10 +207,18 @@ def _time_plots(arms: Sequence[ArmResult]) -> str:
             )
             + "</figure>"
         )
+        if any(p.throttled_ms_per_s for p in arm.series):
+            throttled = svg.Line(
+                "throttled", "#d62728", [(p.t_s, p.throttled_ms_per_s or 0.0) for p in arm.series]
+            )
+            figs.append(
+                "<figure>"
+                + svg.line_chart(
+                    f"{arm.name}: throttled time", [throttled], "seconds", "ms/s, summed over CPUs"
+                )
+                + "</figure>"
+            )
         pressure = []
-        if any(p.throttled_ms_per_s is not None for p in arm.series):
-            pressure.append(svg.Line("throttled ms/s (÷10)", "#d62728",
-                                     [(p.t_s, (p.throttled_ms_per_s or 0.0) / 10) for p in arm.series]))  # fmt: skip
         if any(p.psi_some_pct is not None for p in arm.series):
             pressure.append(
                 svg.Line(
@@ -229,17 +237,15 @@ def _time_plots(arms: Sequence[ArmResult]) -> str:
         if pressure:
             figs.append(
                 "<figure>"
-                + svg.line_chart(
-                    f"{arm.name}: throttling and CPU pressure", pressure, "seconds", "%", y_max=100
-                )
+                + svg.line_chart(f"{arm.name}: CPU pressure", pressure, "seconds", "%", y_max=100)
                 + "</figure>"
             )
     if not figs:
         return ""
     return (
         '<h2>Over time</h2><div class="grid">' + "".join(figs) + "</div>"
-        '<p class="sub">Throttled time is summed over CPUs (cgroup v1), shown divided by 10 so '
-        "that 1000 ms/s reads 100. PSI: the sandbox's cpu.pressure when known, else the system's.</p>"
+        '<p class="sub">Throttled time as cgroup v1 counts it: summed over CPUs (up to 1000 ms/s '
+        "per CPU). PSI: the sandbox's cpu.pressure when known, else the system's.</p>"
     )
 
 
