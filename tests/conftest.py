@@ -4,6 +4,7 @@ CONTEND_REQUIRE_KERNEL=1 (set by .ci/run) a missing capability fails the test in
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,12 @@ import pytest
 from contend.collect.cgroups import detect_layout
 
 REQUIRE_KERNEL = os.environ.get("CONTEND_REQUIRE_KERNEL") == "1"
+
+# Started in the background of a shell without job control, pytest inherits SIGINT
+# ignored, and so would every contend the tests start (Python installs no Ctrl-C handler
+# then): the Ctrl-C tests need it delivered, as a terminal would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def need(condition: bool, why: str) -> None:
