@@ -901,3 +901,34 @@ def test_lab_engine_reclaims_the_container_of_a_sigkilled_run(built_image: Built
             proc.wait()
         for name in _lab_containers(proc.pid):
             subprocess.run(["podman", "rm", "-f", name], capture_output=True)
+
+
+@pytest.mark.kernel
+def test_record_a_container_then_report_it(
+    container: Running, host_decoy: int, tmp_path: Path
+) -> None:
+    """`contend record --container` (tracefs, every event) keeps only the container's
+    processes; the report shows the noise taking the CPU under the quota."""
+    session = tmp_path / "c.session"
+    with CgroupWatch(container) as watch, Load(container.port, count=10, interval_s=0.2) as load:
+        done = subprocess.run(
+            [*contend_command(), "record", "--container", container.name, "--duration", "3",
+             "-o", str(session)], capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert load.ok >= 5, (load.ok, load.failed)
+    report = subprocess.run([*contend_command(), "report", str(session), "--format", "json"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    result = json.loads(report.stdout)
+    assert result["backend"] == "tracefs" and result["target"].startswith(
+        f"container {container.name}"
+    )
+    _only_the_container(result, watch.seen, host_decoy)
+    rows = [r for r in result["cpu"] if r["tid"]]
+    noise = sum(r["on_cpu_ns"] for r in rows if r["comm"] == "contend-noise")
+    app = sum(r["on_cpu_ns"] for r in rows if r["comm"] == "contend-app")
+    # Most of the container's CPU is the noise's. (Its total is not checked here: on this
+    # VM's kernel ftrace misses switches from the idle task on CPU 1, and the tracefs
+    # analysis then counts a throttled gap of a busy loop as running: an open bug.)
+    assert noise > app > 0

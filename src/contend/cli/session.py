@@ -7,15 +7,14 @@ from pathlib import Path
 
 import click
 
-from contend.cli.trace import _emit
-from contend.collect.cgroups import detect_layout
+from contend.cli.trace import _emit, cli_target
 from contend.errors import UsageError
 from contend.monitors import MONITORS, TraceOptions
 from contend.monitors import session as sessions
 from contend.monitors.tracefs_trace import check_available, run_tracefs
 from contend.render import html as render_html
 from contend.render import perfetto
-from contend.target import parse_duration, parse_positive_int, resolve_target
+from contend.target import parse_duration, parse_positive_int
 
 
 def _writable(flag: str, path: str) -> Path:
@@ -29,6 +28,7 @@ def _writable(flag: str, path: str) -> Path:
 @click.option("--pid", "pids", multiple=True, help="Record this process, all its threads.")
 @click.option("--comm", help="Record the processes of this name (and their children).")
 @click.option("--cgroup", help="Record the tasks of this cgroup.")
+@click.option("--container", help="Record the processes of this container (podman or docker).")
 @click.option("--duration", help="Stop after this many seconds (default: Ctrl-C or exit).")
 @click.option("--buffer-pages", help="Ring-buffer pages (4 KiB) per CPU (default 1024).")
 @click.option("-o", "--output", required=True, help="The session file to write.")
@@ -38,6 +38,7 @@ def record(
     pids: tuple[str, ...],
     comm: str | None,
     cgroup: str | None,
+    container: str | None,
     duration: str | None,
     buffer_pages: str | None,
     output: str,
@@ -45,14 +46,8 @@ def record(
     """Record every event of a target (tracefs backend) into a session file; `-- CMD`
     launches CMD and records it from its first instruction."""
     out = _writable("-o", output)
-    layout = detect_layout()
-    roots = tuple(
-        dict.fromkeys([*([layout.v2_root] if layout.v2_root else []), *layout.v1_roots.values()])
-    )
     command_args = tuple((ctx.obj or {}).get("command", ()))
-    target = resolve_target(
-        pids, comm, cgroup, command_args, cgroup_roots=roots, cgroup2_root=layout.v2_root
-    )
+    target = cli_target(pids, comm, cgroup, container, command_args)
     seconds = parse_duration("--duration", duration, 0.1, 86400 * 7) if duration else None
     pages = parse_positive_int("--buffer-pages", buffer_pages, 1, 1 << 20) if buffer_pages else None
     check_available()

@@ -32,6 +32,36 @@ from contend.target import (
 BACKENDS = ("auto", "bpftrace", "tracefs", "procfs")
 
 
+def cli_target(
+    pids: tuple[str, ...],
+    comm: str | None,
+    cgroup: str | None,
+    container: str | None,
+    command_args: tuple[str, ...],
+) -> Target:
+    """The one target of `trace` and `record`: --pid, --comm, --cgroup, --container or a
+    command; a container is resolved through its engine (its cgroup, v1 or v2)."""
+    if container is not None:
+        if pids or comm or cgroup or command_args:
+            raise UsageError("give one target: --pid, --comm, --cgroup, --container or -- COMMAND")
+        found = containers.inspect(validate_container(container))
+        if found.cgroup is None:
+            raise ContendError(f"--container {container!r}: cannot find its cgroup")
+        return Target(
+            cgroup=found.cgroup,
+            cgroup_id=found.cgroup_id,
+            container=f"{container} ({found.engine}, pid {found.pid})",
+            watch_pid=found.pid,
+        )
+    layout = detect_layout()
+    roots = tuple(
+        dict.fromkeys([*([layout.v2_root] if layout.v2_root else []), *layout.v1_roots.values()])
+    )
+    return resolve_target(
+        pids, comm, cgroup, command_args, cgroup_roots=roots, cgroup2_root=layout.v2_root
+    )
+
+
 @click.command("trace")
 @click.argument("monitors", nargs=-1, required=True)
 @click.option(
@@ -99,26 +129,7 @@ def command(
     if fmt not in ("text", "json"):
         raise UsageError(f"--format: {fmt!r} is not text or json")
     command_args = tuple((ctx.obj or {}).get("command", ()))
-    layout = detect_layout()
-    roots = tuple(
-        dict.fromkeys([*([layout.v2_root] if layout.v2_root else []), *layout.v1_roots.values()])
-    )
-    if container is not None:
-        if pids or comm or cgroup or command_args:
-            raise UsageError("give one target: --pid, --comm, --cgroup, --container or -- COMMAND")
-        found = containers.inspect(validate_container(container))
-        if found.cgroup is None:
-            raise ContendError(f"--container {container!r}: cannot find its cgroup")
-        target = Target(
-            cgroup=found.cgroup,
-            cgroup_id=found.cgroup_id,
-            container=f"{container} ({found.engine}, pid {found.pid})",
-            watch_pid=found.pid,
-        )
-    else:
-        target = resolve_target(
-            pids, comm, cgroup, command_args, cgroup_roots=roots, cgroup2_root=layout.v2_root
-        )
+    target = cli_target(pids, comm, cgroup, container, command_args)
     seconds = parse_duration("--duration", duration, 0.1, 86400 * 7) if duration else None
     if output is not None and not Path(output).resolve().parent.is_dir():
         raise UsageError(f"-o: directory {Path(output).resolve().parent} does not exist")
