@@ -50,6 +50,21 @@ class Launched:
         if self.proc.poll() is None:
             self.proc.wait(10)
 
+    def finish(self) -> int:
+        """At the end of a trace: a command never released is aborted, one still running
+        is terminated (killed after 5 s); its exit status, a signal as 128 + N."""
+        if self.gate_w >= 0:
+            self.abort()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        return rc if rc >= 0 else 128 - rc
+
 
 def launch(command: tuple[str, ...]) -> Launched:
     # Resolve the path here, so that the traced process makes one execve, not a PATH search.

@@ -182,17 +182,7 @@ def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) ->
         # Who owns each call still in flight: asked now, while those threads live.
         owners = {int(t): thread_owner(int(t)) for t in out.maps.get("@contend_sys_start", {})}
         if launched is not None:
-            if launched.gate_w >= 0:
-                launched.abort()
-            if launched.proc.poll() is None:
-                launched.proc.terminate()
-                try:
-                    launched.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    launched.proc.kill()
-                    launched.proc.wait()
-            rc = launched.proc.returncode
-            exit_status = rc if rc >= 0 else 128 - rc
+            exit_status = launched.finish()
     if opts.target.system_wide:
         notes.append("no target given: the whole system was traced")
     if out.lost_events:

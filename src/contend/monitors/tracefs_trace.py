@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -203,17 +202,7 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
     finally:
         tracer.close()
         if launched is not None:
-            if launched.gate_w >= 0:
-                launched.abort()
-            if launched.proc.poll() is None:
-                launched.proc.terminate()
-                try:
-                    launched.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    launched.proc.kill()
-                    launched.proc.wait()
-            rc = launched.proc.returncode
-            exit_status = rc if rc >= 0 else 128 - rc
+            exit_status = launched.finish()
     tasks = tl.Tasks(
         tgid=dict(initial or {}),
         targets=set(initial or {}),
