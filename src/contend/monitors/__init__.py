@@ -10,7 +10,6 @@ Ctrl-C, SIGTERM or the command's exit), stops the tracer and turns its maps into
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
