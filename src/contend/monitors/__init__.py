@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from contend.collect import bpftrace as bt
-from contend.collect.launch import launch
+from contend.collect.launch import Launched, launch
 from contend.collect.procfs import ProcFS
 from contend.errors import Terminated
 from contend.model import Overhead, ProcessEvent, TraceEvent, TraceResult
@@ -96,6 +96,22 @@ def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.
     return program
 
 
+def trace_over(
+    opts: TraceOptions, launched: Launched | None, deadline: float | None, notes: list[str]
+) -> bool:
+    """Is the trace over: the launched command exited, the duration passed, or the
+    watched target (a container's init) is gone (said in `notes`)?"""
+    if launched is not None and launched.proc.poll() is not None:
+        return True
+    if deadline is not None and time.monotonic() >= deadline:
+        return True
+    watched = opts.target.watch_pid
+    if watched is not None and not os.path.exists(f"/proc/{watched}"):
+        notes.append(f"the target stopped mid-trace (pid {watched} exited)")
+        return True
+    return False
+
+
 def thread_owner(tid: int) -> tuple[int, str] | None:
     """(pid, comm) of a live thread."""
     return ProcFS().owner(tid)
@@ -162,15 +178,7 @@ def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) ->
             launched.release()
         deadline = started + opts.duration_s if opts.duration_s else None
         try:
-            while True:
-                if launched is not None and launched.proc.poll() is not None:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                watched = opts.target.watch_pid
-                if watched is not None and not os.path.exists(f"/proc/{watched}"):
-                    notes.append(f"the target stopped mid-trace (pid {watched} exited)")
-                    break
+            while not trace_over(opts, launched, deadline, notes):
                 wait(0.05)
         except (KeyboardInterrupt, Terminated):
             # Ctrl-C or SIGTERM ends the trace, as with bpftrace and perf: report it.

@@ -188,21 +188,26 @@ def rows(out: Output) -> tuple[list[CpuRow], list[PreemptorRow], float | None]:
             p99_ns=_us_to_ns(hist_percentile(rq_hist, 99)),
             hist=rq_hist,
         )
-        out_rows.append(
-            CpuRow(
-                pid=0,
-                tid=0,
-                comm="(all target threads)",
-                on_cpu_ns=sum(r.on_cpu_ns for r in out_rows),
-                slices=sum(r.slices for r in out_rows),
-                voluntary_switches=sum(r.voluntary_switches for r in out_rows),
-                involuntary_switches=sum(r.involuntary_switches for r in out_rows),
-                wakeups=sum(r.wakeups or 0 for r in out_rows),
-                run_queue_latency=total,
-                slice_hist=slice_hist,
-            )
-        )
+        out_rows.append(total_row(out_rows, total, slice_hist))
     return out_rows, preempt[:10], fairness
+
+
+def total_row(
+    rows: list[CpuRow], run_queue: RunQueueLatency, slice_hist: tuple[HistBucket, ...]
+) -> CpuRow:
+    """The summary row over all target threads (tid 0), with the backend's histograms."""
+    return CpuRow(
+        pid=0,
+        tid=0,
+        comm="(all target threads)",
+        on_cpu_ns=sum(r.on_cpu_ns for r in rows),
+        slices=sum(r.slices for r in rows),
+        voluntary_switches=sum(r.voluntary_switches for r in rows),
+        involuntary_switches=sum(r.involuntary_switches for r in rows),
+        wakeups=sum(r.wakeups or 0 for r in rows),
+        run_queue_latency=run_queue,
+        slice_hist=slice_hist,
+    )
 
 
 def _us_to_ns(us: float | None) -> float | None:

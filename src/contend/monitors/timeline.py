@@ -577,26 +577,14 @@ def cpu_rows(
     if rows:
         rq_hist = log2_hist(wait // 1000)
         n = sum(r.run_queue_latency.count for r in rows)
-        rows.append(
-            CpuRow(
-                pid=0,
-                tid=0,
-                comm="(all target threads)",
-                on_cpu_ns=sum(r.on_cpu_ns for r in rows),
-                slices=sum(r.slices for r in rows),
-                voluntary_switches=sum(r.voluntary_switches for r in rows),
-                involuntary_switches=sum(r.involuntary_switches for r in rows),
-                wakeups=sum(r.wakeups or 0 for r in rows),
-                run_queue_latency=RunQueueLatency(
-                    count=n,
-                    avg_ns=float(wait.sum()) / n if n else None,
-                    p50_ns=_ns(cpu_monitor.hist_percentile(rq_hist, 50)),
-                    p99_ns=_ns(cpu_monitor.hist_percentile(rq_hist, 99)),
-                    hist=rq_hist,
-                ),
-                slice_hist=log2_hist(dur // 1000),
-            )
+        total = RunQueueLatency(
+            count=n,
+            avg_ns=float(wait.sum()) / n if n else None,
+            p50_ns=_ns(cpu_monitor.hist_percentile(rq_hist, 50)),
+            p99_ns=_ns(cpu_monitor.hist_percentile(rq_hist, 99)),
+            hist=rq_hist,
         )
+        rows.append(cpu_monitor.total_row(rows, total, log2_hist(dur // 1000)))
     return rows, preemptors
 
 

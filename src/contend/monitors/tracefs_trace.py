@@ -35,7 +35,7 @@ from contend.model import (
     TraceResult,
     WaitRow,
 )
-from contend.monitors import MONITORS, TraceOptions, thread_owner
+from contend.monitors import MONITORS, TraceOptions, thread_owner, trace_over
 from contend.monitors import timeline as tl
 
 # The loop's tick: the end of the target (or of --duration) is seen within it. The
@@ -175,15 +175,7 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
         deadline = started + opts.duration_s if opts.duration_s else None
         last_read = next_read = started
         try:
-            while True:
-                if launched is not None and launched.proc.poll() is not None:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                watched = opts.target.watch_pid
-                if watched is not None and not os.path.exists(f"/proc/{watched}"):
-                    notes.append(f"the target stopped mid-trace (pid {watched} exited)")
-                    break
+            while not trace_over(opts, launched, deadline, notes):
                 wait(READ_INTERVAL_S)
                 now = time.monotonic()
                 if now < next_read:
