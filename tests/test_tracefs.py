@@ -335,6 +335,69 @@ def test_slices_waits_and_who_held_the_cpu() -> None:
     assert [(o.tid, o.ns) for o in behind] == [(20, 200)]
 
 
+def test_a_slice_back_from_throttling_starts_at_its_first_runtime_update() -> None:
+    """A(10) on CPU 1 is throttled (switched out runnable to idle) at 1000 and comes back
+    with no wakeup and no recorded switch-in; sched_stat_runtime at 1250 says it had run
+    50 ns: the slice is 1200-1400 and the wait 1000-1200, not 1000-1400 and 0."""
+    from contend.monitors import timeline as tl
+
+    def col(*values: object, dtype: str = "<i8") -> np.ndarray:  # type: ignore[type-arg]
+        return np.array(values, dtype=dtype)
+
+    switch = {
+        "ts": col(1000, 1400), "cpu": col(1, 1, dtype="<i2"), "common_pid": col(10, 10),
+        "prev_pid": col(10, 10), "prev_state": col(0, 0), "next_pid": col(0, 0),
+        "prev_comm": col(b"a", b"a", dtype="S16"),
+        "next_comm": col(b"swapper/1", b"swapper/1", dtype="S16"),
+    }  # fmt: skip
+    runtime = {"ts": col(990, 1250, 1399), "cpu": col(1, 1, 1, dtype="<i2"),
+               "common_pid": col(10, 10, 10), "pid": col(10, 10, 10),
+               "runtime": col(400, 50, 149)}  # fmt: skip
+    # The first record of CPU 1 is a switch-out too: from its runtime, that slice began
+    # at 990 - 400; without runtime events its start is unknown and it is left out.
+    for events, expected, exactly, wait in (
+        ({"sched_switch": switch, "sched_stat_runtime": runtime},
+         [(590, 1000), (1200, 1400)], 2, 200),
+        ({"sched_switch": switch}, [(1000, 1400)], 0, 0),  # without them: the bound
+    ):  # fmt: skip
+        capture = tf.Capture(events, {0: 0, 1: 0})
+        tasks = tl.learn_tasks(capture, tl.Tasks(tgid={10: 10}, targets={10}))
+        slices = tl.on_cpu(capture, tasks)
+        pairs = sorted(zip(slices.start.tolist(), slices.end.tolist(), strict=True))
+        assert pairs == expected
+        assert (slices.inferred, slices.inferred_exactly) == (len(expected), exactly)
+        waits = (slices.wait_end - slices.wait_start).tolist()
+        assert waits == [wait]
+
+
+def test_first_event_after_each_query_packed_and_not() -> None:
+    from contend.monitors import timeline as tl
+
+    rng = np.random.default_rng(7)
+    ev_tid = rng.integers(1, 6, 400)
+    ev_ts = rng.integers(0, 1000, 400)
+    q_tid = rng.integers(1, 7, 300)
+    q_ts = rng.integers(-5, 1005, 300)
+
+    def expected(tids: np.ndarray, stamps: np.ndarray) -> list[int]:  # type: ignore[type-arg]
+        out = []
+        for t, q in zip(q_tid.tolist(), q_ts.tolist(), strict=True):
+            after = [(s, i) for i, (e, s) in enumerate(zip(tids, stamps, strict=True))
+                     if e == t and s > q]  # fmt: skip
+            out.append(min(after)[0] if after else -1)
+        return out
+
+    at = tl._first_after(ev_tid, ev_ts, q_tid, q_ts)
+    assert np.where(at >= 0, ev_ts[at], -1).tolist() == expected(ev_tid, ev_ts)
+    # Task ids too large to pack with 2^62 ns of time: the lexsort path.
+    big = ev_tid + (1 << 40)
+    wide = ev_ts * (1 << 30)
+    at = tl._first_after(big, wide, q_tid + (1 << 40), q_ts * (1 << 30))
+    assert np.where(at >= 0, wide[at], -1).tolist() == [
+        -1 if v < 0 else v * (1 << 30) for v in expected(ev_tid, ev_ts)
+    ]
+
+
 def test_perfetto_document_follows_the_format() -> None:
     import json
 

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import contend_command, need
 from contend.collect.procfs import ProcFS
+from contend.lab.sandbox import Limits, Sandbox
 from test_trace import KNOWN, _busy_pinned, trace_json
 
 pytestmark = pytest.mark.kernel
@@ -214,6 +215,42 @@ def test_two_pinned_busy_loops_against_schedstat_and_bpftrace(root: None) -> Non
         sorted(figures["tracefs"]), sorted(figures["bpftrace"]), strict=True
     ):
         assert s1 == pytest.approx(s2, rel=0.20) and w1 == pytest.approx(w2, rel=0.20)
+
+
+@pytest.mark.parametrize("cpu", [0, 1])
+def test_a_throttled_loop_runs_what_its_quota_allows(root: None, cpu: int) -> None:
+    """A busy loop in a 0.3-CPU group, pinned: it leaves the CPU at each throttle and comes
+    back from idle, whose switch this VM's ftrace does not record on CPU 1. Its on-CPU
+    time must still be what the kernel charged it, not its wall time."""
+    need(os.path.isdir("/sys/fs/cgroup"), "needs cgroups")
+    with Sandbox(Limits(0.3, None)) as sandbox:
+        join = sandbox.join_function()
+
+        def pinned_in_group() -> None:
+            join()
+            os.sched_setaffinity(0, {cpu})
+
+        p = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pinned_in_group)
+        fs = ProcFS()
+        try:
+            time.sleep(0.5)
+            before = next(iter(fs.tasks([p.pid])))
+            rc, result, err = trace_json(
+                "cpu", "--backend", "tracefs", "--pid", str(p.pid), "--duration", "3"
+            )
+            after = next(iter(fs.tasks([p.pid])))
+        finally:
+            p.kill()
+            p.wait()
+    assert rc == 0, err
+    (row,) = [r for r in result["cpu"] if r["tid"] == p.pid]
+    assert after.on_cpu_ns is not None and before.on_cpu_ns is not None
+    charged = after.on_cpu_ns - before.on_cpu_ns  # over a longer window than the trace's
+    # 0.3 CPU over the trace's window; schedstat's window is longer by the tracer's start.
+    assert row["on_cpu_ns"] / (result["duration_s"] * 1e9) == pytest.approx(0.3, abs=0.05)
+    assert row["on_cpu_ns"] <= charged * 1.02, result["notes"]
+    # Each wait is a throttled stretch of about 70 ms of every 100 ms period.
+    assert row["run_queue_latency"]["avg_ns"] >= 30e6, row
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])

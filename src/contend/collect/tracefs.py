@@ -755,6 +755,7 @@ class EventSpec:
     name: str
     fields: tuple[str, ...]
     filter_expr: str | None = None
+    optional: bool = False  # left out where the kernel does not have it
 
 
 class Tracer:
@@ -775,6 +776,9 @@ class Tracer:
         self.instance.create()
         if follow is not None:
             self.instance.follow_pids(follow)
+        self.specs = [
+            s for s in self.specs if not s.optional or self.instance.has_event(s.system, s.name)
+        ]
         for s in self.specs:
             self.instance.enable(s.system, s.name, s.filter_expr)
 

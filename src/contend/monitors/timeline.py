@@ -186,11 +186,12 @@ class OnCpu:
     cpu: I64
     start: I64
     end: I64
-    inferred: int  # slices whose start was taken at the wakeup (switch from idle unseen)
+    inferred: int  # slices whose switch-in was not recorded (a switch from idle)
     wait_tid: I64
     wait_start: I64
     wait_end: I64
     wait_cpu: I64
+    inferred_exactly: int = 0  # of those, started from sched_stat_runtime (else a bound)
 
 
 def log2_hist(values_us: I64) -> tuple[HistBucket, ...]:
@@ -317,6 +318,41 @@ def _latest_before(ev_tid: I64, ev_ts: I64, q_tid: I64, q_ts: I64) -> I64:
     return out
 
 
+def _first_after(ev_tid: I64, ev_ts: I64, q_tid: I64, q_ts: I64) -> I64:
+    """Per query: the index of the earliest event of the same task strictly after `q_ts`
+    (-1: none)."""
+    out = np.full(len(q_tid), -1, dtype=np.int64)
+    if len(q_tid) == 0 or len(ev_tid) == 0:
+        return out
+    zero = np.zeros(1, np.int64)
+    packed = _pack([ev_tid, q_tid], [ev_ts, q_ts], [zero, zero], 0)
+    if packed is None:
+        # Several keys: events before queries on a tie (strictly after), the next event
+        # carried backward.
+        n_e = len(ev_tid)
+        all_tid = np.concatenate([ev_tid, q_tid])
+        all_ts = np.concatenate([ev_ts, q_ts])
+        kind = np.concatenate([np.zeros(n_e, np.int64), np.ones(len(q_tid), np.int64)])
+        o = np.lexsort((kind, all_ts, all_tid))
+        big = len(o)
+        nxt = np.where(kind[o] == 0, np.arange(big), big)
+        nxt = np.minimum.accumulate(nxt[::-1])[::-1]
+        q_pos = np.flatnonzero(kind[o] == 1)
+        after = np.r_[nxt, big][q_pos + 1]
+        hit = after < big
+        hit[hit] = all_tid[o][after[hit]] == all_tid[o][q_pos[hit]]
+        out[o[q_pos[hit]] - n_e] = o[after[hit]]
+        return out
+    eo = np.argsort(packed.keys[0], kind="stable")
+    events = packed.keys[0][eo]
+    queries = packed.keys[1]
+    at = np.searchsorted(events, queries, "right")
+    hit = at < len(events)
+    hit[hit] = packed.rank(events[at[hit]], 0) == packed.rank(queries[hit], 0)
+    out[hit] = eo[at[hit]]
+    return out
+
+
 def _pair_waits(ev_tid: I64, ev_ts: I64, ev_kind: I64, ev_cpu: I64) -> tuple[I64, I64, I64, I64]:
     """Run-queue waits: a start (kind 0) then the task's next end (kind 1); the latest
     start wins. In (task, time) order: tid, start, end and the end's CPU of each wait."""
@@ -425,6 +461,7 @@ def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
     inf_end = np.concatenate([ts[1:][idle_gap], ts[first]])
     inf_cpu = np.concatenate([cpu[1:][idle_gap], cpu[first]])
     inf_start = np.full(len(inf_tid), -1, dtype=np.int64)
+    by_runtime = 0
     if len(inf_tid):
         # The slice starts after the task's own previous switch (in or out, any CPU) and
         # after the CPU went to another task; at its wakeup if that came later.
@@ -433,6 +470,16 @@ def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
         wk_ts = _latest_before(w_tid, w_ts, inf_tid, inf_end)
         bound = np.maximum(inf_lo, sw_ts)
         inf_start = np.where(wk_ts >= bound, wk_ts, bound)
+        rt = capture.get("sched_stat_runtime")
+        if rt:
+            # Exactly: the slice's first runtime update counts from its switch-in.
+            r_tid, r_ts = _i64(rt, "pid"), _i64(rt, "ts")
+            at = _first_after(r_tid, r_ts, inf_tid, bound)
+            hit = at >= 0
+            hit[hit] = r_ts[at[hit]] <= inf_end[hit]
+            began = r_ts[at[hit]] - _i64(rt, "runtime")[at[hit]]
+            inf_start[hit] = np.maximum(inf_start[hit], began)
+            by_runtime = int(hit.sum())
     found = inf_start >= 0
     tid_all = np.concatenate([slice_tid, inf_tid[found]])
     start_all = np.concatenate([slice_start, inf_start[found]])
@@ -462,6 +509,7 @@ def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
         start=start_all,
         end=end_all,
         inferred=int(found.sum()),
+        inferred_exactly=by_runtime,
         wait_tid=wait_tid,
         wait_start=wait_start,
         wait_end=wait_end,

@@ -65,6 +65,8 @@ def event_specs(monitors: tuple[str, ...], machine: str | None = None) -> list[t
             ),
             tf.EventSpec("sched", "sched_wakeup", ("pid", "target_cpu")),
             tf.EventSpec("sched", "sched_wakeup_new", ("pid", "target_cpu")),
+            # Where a slice began when its switch-in is missing (see timeline.on_cpu).
+            tf.EventSpec("sched", "sched_stat_runtime", ("pid", "runtime"), optional=True),
         ]  # fmt: skip
     if "process" in chosen:
         specs.append(tf.EventSpec("signal", "signal_deliver", ("sig", "sa_handler")))
@@ -257,9 +259,11 @@ def analyse(
         occ = tl.occupancy(capture, slices)
         longest, behind = tl.waits_behind(slices, occ, tasks)
         if slices.inferred:
+            rest = slices.inferred - slices.inferred_exactly
             notes.append(
-                f"cpu: {slices.inferred} slices began with a switch from idle that this "
-                "kernel's ftrace did not record; they start at the task's wakeup"
+                f"cpu: {slices.inferred} slices began with a switch that ftrace did not "
+                f"record (from idle); {slices.inferred_exactly} start where their first "
+                f"sched_stat_runtime says, {rest} at the latest wakeup or switch before them"
             )
     io_rows: list[IoRow] = []
     file_rows: list[FileRow] = []
