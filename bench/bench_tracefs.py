@@ -3,9 +3,10 @@
 1. Decoding: real sched_switch pages captured here, replicated (timestamps shifted) to
    N records, decoded by the plain-Python struct reference and by the numpy path
    (header walk + vectorised field gathering + cross-CPU merge). Events/s, and the ratio.
-2. Analysis: the cpu monitor (slices, waits, occupancy, the longest waits) over the
-   decoded columns of `--analyse` records (default 10M), decoded first in batches of a
-   buffer's worth (as a run reads them) and merged.
+2. A session of `--analyse` records (default 10M) of the cpu monitor's events, made of
+   real pages replicated: decoded in batches as a run decodes them, analysed (slices,
+   waits, occupancy, the longest waits), saved, then `contend report FILE` on it in a
+   fresh process, timed end to end.
 3. At the lab's event rate: a pipe ping-pong paced to about 60k sched events/s; contend
    trace cpu --backend tracefs on it: its CPU time (% of one core), events, losses; then
    `perf sched record -a` on the same workload for the same time: perf's CPU, and the
@@ -29,8 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from contend.collect import tracefs as tf
+from contend.monitors import session as sessions
 from contend.monitors import timeline as tl
+from contend.monitors import tracefs_trace as tt
 
 print = functools.partial(print, flush=True)
 
@@ -137,32 +142,73 @@ def bench_decode(
     return {"records": n, "walk": n / walk_s, "numpy": n / numpy_s, "struct": n / struct_s}
 
 
-def bench_analysis(
-    pages: list[bytes], cpus: list[int], header: tf.PageHeader, fmt: tf.EventFormat
-) -> dict[str, float]:
-    # Decoded as a run decodes them: a batch per read (at most a buffer's worth per CPU,
-    # the default 4 MiB), merged at the end as `Tracer.finish` does.
+def capture_cpu_events(seconds: float) -> tuple[list[bytes], list[int], tf.Instance]:
+    """Every event the cpu monitor records, machine-wide, for `seconds` under an unpaced
+    ping-pong: the pages, and the (closed) instance whose formats decode them."""
+    pp = ping_pong(1e9)
+    pages: list[bytes] = []
+    cpus: list[int] = []
+    tracer = tf.Tracer(tt.event_specs(("cpu",)), buffer_kb=65536)
+    try:
+        tracer.open(follow=None)
+        tracer.start()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.1)
+            p, c = tracer.instance.read_pages()
+            pages += p
+            cpus += c
+        tracer.instance.stop()
+        p, c = tracer.instance.read_pages()
+        return pages + p, cpus + c, tracer.instance
+    finally:
+        tracer.close()
+        stop(pp)
+
+
+def bench_session(records: int, directory: Path) -> dict[str, float]:
+    """A `records`-event session of the cpu monitor's events (switches, wakeups, runtime
+    updates), decoded in batches as a run decodes them, analysed in this process, saved;
+    then `contend report FILE` on it in a fresh process, timed end to end."""
+    pages, cpus, inst = capture_cpu_events(1.0)
+    assert inst.header is not None
+    per_copy = len(tf.walk_pages(pages, inst.header)[1])
+    pages, cpus = replicate(pages, cpus, inst.header, records, per_copy)
+    specs = [s for s in tt.event_specs(("cpu",)) if inst.has_event(s.system, s.name)]
     t = time.perf_counter()
-    batch = 2 * tf.DEFAULT_BUFFER_KB * 1024 // header.page_size
-    chunks = [
-        tf.columns(tf.decode(pages[i : i + batch], cpus[i : i + batch], header), fmt, FIELDS)
-        for i in range(0, len(pages), batch)
-    ]
-    cols = tf.merge(chunks)
+    batch = 2 * tf.DEFAULT_BUFFER_KB * 1024 // inst.header.page_size
+    chunks: dict[str, list[tf.Columns]] = {s.name: [] for s in specs}
+    n = 0
+    for i in range(0, len(pages), batch):
+        recs = tf.decode(pages[i : i + batch], cpus[i : i + batch], inst.header)
+        n += len(recs)
+        for s in specs:
+            fmt = inst.format(s.system, s.name)
+            if np.any(recs.type_id == fmt.id):
+                chunks[s.name].append(tf.columns(recs, fmt, s.fields))
+    del pages, cpus
+    events = {name: tf.merge(c) for name, c in chunks.items() if c}
     del chunks
     decode_s = time.perf_counter() - t
-    capture = tf.Capture({"sched_switch": cols}, {0: 0, 1: 0})
+    capture = tf.Capture(events, {0: 0, 1: 0}, records=n)
     t = time.perf_counter()
-    tasks = tl.learn_tasks(capture, tl.Tasks(everyone=True))
-    slices = tl.on_cpu(capture, tasks)
-    tl.cpu_rows(capture, tasks, slices)
-    occ = tl.occupancy(capture, slices)
+    run = tt.analyse(("cpu",), capture, tl.Tasks(everyone=True))
     analyse_s = time.perf_counter() - t
+    path = directory / "big.session"
     t = time.perf_counter()
-    tl.waits_behind(slices, occ, tasks)
-    waits_s = time.perf_counter() - t
-    return {"records": len(cols["ts"]), "decode_s": decode_s, "analyse_s": analyse_s,
-            "waits_s": waits_s}  # fmt: skip
+    sessions.save(run, path)
+    save_s = time.perf_counter() - t
+    del run, capture, events
+    t = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "contend", "report", str(path), "--format", "json", "-o",
+         str(directory / "big.json")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    report_s = time.perf_counter() - t
+    assert done.returncode == 0, done.stderr
+    return {"records": n, "decode_s": decode_s, "analyse_s": analyse_s, "save_s": save_s,
+            "report_s": report_s, "mb": path.stat().st_size / 1e6}  # fmt: skip
 
 
 def children_cpu() -> float:
@@ -231,7 +277,8 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=2_000_000)
     ap.add_argument("--analyse", type=int, default=10_000_000)
     ap.add_argument("--rate", type=float, default=20_000, help="ping-pong round trips/s")
-    ap.add_argument("--only-rate", action="store_true", help="skip decoding and analysis")
+    ap.add_argument("--only-rate", action="store_true", help="only the lab's rate")
+    ap.add_argument("--only-session", action="store_true", help="only the session")
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -240,6 +287,9 @@ def main() -> None:
     tl.reuse_freed_memory()
     if args.only_rate:
         report_rate(args.rate, args.seconds)
+        return
+    if args.only_session:
+        report_session(args.analyse)
         return
     pages, cpus, header, fmt = capture(1.0)
     per_copy = len(tf.walk_pages(pages, header)[1])
@@ -254,15 +304,19 @@ def main() -> None:
     print(f"  header walk alone               {d['walk'] / 1e6:6.2f} M events/s")
     del big, big_cpus
 
-    huge, huge_cpus = replicate(pages, cpus, header, args.analyse, per_copy)
-    a = bench_analysis(huge, huge_cpus, header, fmt)
-    del huge, huge_cpus
-    print(f"\n== a {a['records'] / 1e6:.1f}M-event session ==")
-    print(f"  decode {a['decode_s']:.1f} s, cpu monitor {a['analyse_s']:.1f} s, "
-          f"longest waits + who held the CPU {a['waits_s']:.1f} s, "
-          f"total {a['decode_s'] + a['analyse_s'] + a['waits_s']:.1f} s")  # fmt: skip
-
+    del pages, cpus
+    report_session(args.analyse)
     report_rate(args.rate, args.seconds)
+
+
+def report_session(records: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        a = bench_session(records, Path(tmp))
+    print(f"\n== a {a['records'] / 1e6:.1f}M-event session (cpu monitor's events) ==")
+    print(f"  while recording: decoded in batches in {a['decode_s']:.1f} s")
+    print(f"  at the end of the run: analysed in {a['analyse_s']:.1f} s, saved in "
+          f"{a['save_s']:.1f} s ({a['mb']:.0f} MB)")  # fmt: skip
+    print(f"  contend report FILE (fresh process: load + analyse + JSON): {a['report_s']:.1f} s")
 
 
 def report_rate(rate: float, seconds: float) -> None:
