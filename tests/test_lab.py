@@ -330,7 +330,7 @@ def test_lab_perfetto_document_of_two_arms() -> None:
 
 
 def test_lab_record_refuses_a_missing_directory(tmp_path: Path) -> None:
-    for flag, value in (("--record", "/nonexistent"), ("--perfetto", "/nonexistent/lab.json"),
+    for flag, value in (("--record", "/nonexistent/sessions"), ("--perfetto", "/nonexistent/lab.json"),
                         ("--record", str(tmp_path / "file"))):  # fmt: skip
         (tmp_path / "file").write_text("")
         done = subprocess.run([*contend_command(), "lab", flag, value], capture_output=True,

@@ -139,6 +139,14 @@ def test_comparison_says_which_is_slower(lab: LabResult) -> None:
     assert lat.cliffs_delta == 1.0 and lat.effect == "large" and lat.significant
     assert lat.median_ratio == pytest.approx(100, rel=0.1)
     assert c.conclusion.startswith("contention is slower than baseline")
+    # The median's ratio and the mean per slice's, from the arms' own numbers.
+    rq = next(t for t in c.tests if t.name == "run-queue wait")
+    per_slice = next(m for m in c.metrics if m.metric == "run-queue wait per slice")
+    assert per_slice.ratio is not None and rq.median_ratio is not None
+    assert c.conclusion.endswith(
+        f"run-queue wait: median x{rq.median_ratio:.0f} ({rq.effect}), "
+        f"per slice x{per_slice.ratio:.0f}."
+    )
     same = compare_arms(lab.arms[0], lab.arms[0])
     assert same.tests[0].cliffs_delta == 0.0 and not same.tests[0].significant
     assert same.conclusion.startswith("baseline is no different from baseline")

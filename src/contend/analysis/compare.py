@@ -152,7 +152,8 @@ def compare_arms(a: ArmResult, b: ArmResult, label_a: str = "", label_b: str = "
         ),
         _delta("sandbox PSI full", "%", ma.psi_cgroup_cpu_full_pct, mb.psi_cgroup_cpu_full_pct),
     )
-    return Comparison(la, lb, tuple(tests), metrics, conclusion(la, lb, tests))
+    per_slice = next(m.ratio for m in metrics if m.metric == "run-queue wait per slice")
+    return Comparison(la, lb, tuple(tests), metrics, conclusion(la, lb, tests, per_slice))
 
 
 def _pct(ratio: float | None) -> float | None:
@@ -169,8 +170,12 @@ def _times(ratio: float) -> str:
     return f"x{ratio:.0f}" if ratio >= 10 else f"x{ratio:.2g}"
 
 
-def conclusion(la: str, lb: str, tests: Sequence[DistributionTest]) -> str:
-    """One line: is B worse, better or the same as A, on what, by how much."""
+def conclusion(
+    la: str, lb: str, tests: Sequence[DistributionTest], wait_per_slice: float | None = None
+) -> str:
+    """One line: is B worse, better or the same as A, on what, by how much.
+    `wait_per_slice`: B's mean run-queue wait per slice over A's; said beside the median's
+    ratio, which a few long waits (throttling) leave unmoved."""
     lat = tests[0]
     if lat.cliffs_delta is None or lat.median_ratio is None:
         return f"{la} vs {lb}: not enough requests to compare."
@@ -181,7 +186,9 @@ def conclusion(la: str, lb: str, tests: Sequence[DistributionTest]) -> str:
     )
     rq = next((t for t in tests if t.name == "run-queue wait"), None)
     if rq is not None and rq.significant and rq.median_ratio:
-        detail += f"; run-queue wait {_times(rq.median_ratio)} ({rq.effect})"
+        detail += f"; run-queue wait: median {_times(rq.median_ratio)} ({rq.effect})"
+        if wait_per_slice is not None:
+            detail += f", per slice {_times(wait_per_slice)}"
     if not lat.significant or lat.effect == "negligible":
         return f"{lb} is no different from {la}: {detail}."
     word = "slower" if lat.cliffs_delta > 0 else "faster"

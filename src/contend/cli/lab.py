@@ -192,8 +192,14 @@ def _record_dir(value: str | None) -> Path | None:
     if value is None:
         return None
     directory = Path(value)
-    if not directory.is_dir():
+    if directory.exists() and not directory.is_dir():
         raise UsageError(f"--record: {value} is not a directory")
+    if not directory.resolve().parent.is_dir():
+        raise UsageError(f"--record: directory {directory.resolve().parent} does not exist")
+    try:
+        directory.mkdir(exist_ok=True)  # as perf record -o makes its file: only the last part
+    except OSError as e:
+        raise UsageError(f"--record: cannot make {value}: {e.strerror}") from None
     return directory
 
 

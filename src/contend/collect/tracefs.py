@@ -38,7 +38,7 @@ from contend.errors import ContendError, PermissionNeeded
 TRACEFS = Path("/sys/kernel/tracing")
 INSTANCE_PREFIX = "contend-"
 _INSTANCE_RE = re.compile(r"^contend-(\d+)$")
-DEFAULT_BUFFER_KB = 4096  # per CPU: ~64k sched_switch records, 1 s at 60k events/s/CPU
+DEFAULT_BUFFER_KB = 8192  # per CPU: ~64k sched_switch records, 1 s at 60k events/s/CPU
 
 # The events the monitors read (Documentation/trace/events.rst; include/trace/events/).
 SCHED_EVENTS = (
