@@ -287,8 +287,6 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_tracefs: run as root")
-    # As `contend trace --backend tracefs` and `contend report` run: freed arrays reused.
-    tl.reuse_freed_memory()
     rates = [float(r) for r in args.rates.split(",")]
     if args.only_rate:
         for rate in rates:

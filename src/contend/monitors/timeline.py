@@ -23,10 +23,11 @@ Kernel facts used here:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,27 +62,38 @@ NOT_FATAL = frozenset({17, 18, 19, 20, 21, 22, 23, 28})  # CHLD CONT STOP TSTP T
 
 I64 = npt.NDArray[np.int64]
 
-# glibc mallopt(3) parameters (malloc.h).
+# glibc mallopt(3) parameters (malloc.h) and their defaults.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+_DEFAULT_MMAP_MAX = 65536
 
 
-def reuse_freed_memory() -> bool:
-    """Let this process reuse the memory of freed arrays (glibc: no mmap per allocation,
-    no trimming) instead of asking the kernel for fresh zeroed pages each time: the
-    analysis makes many temporary arrays of one size (tens of MB for millions of
-    events), and the page faults of fresh ones cost more than the work on them. For a
-    short-lived command; the memory is returned when it exits. False if not glibc."""
+@contextlib.contextmanager
+def reusing_freed_memory() -> Iterator[bool]:
+    """Meanwhile, let this process reuse the memory of freed arrays (glibc: no mmap per
+    allocation, no trimming) instead of asking the kernel for fresh zeroed pages each
+    time: the analysis makes many temporary arrays of one size (tens of MB for millions
+    of events), and the page faults of fresh ones cost more than the work on them (on
+    this project's VM, 1-2 s per GB touched). Afterwards: glibc's default limits, and
+    the free memory given back (malloc_trim). Yields False if not glibc."""
     try:
         libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
+        mallopt, trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
-        return False
+        yield False
+        return
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    ok: bool = mallopt(_M_MMAP_MAX, 0) == 1
-    trimmed: bool = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
-    return ok and trimmed
+    trim.argtypes = [ctypes.c_size_t]
+    ok = mallopt(_M_MMAP_MAX, 0) == 1
+    ok = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok
+    try:
+        yield ok
+    finally:
+        mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        trim(0)
 
 
 def _i64(cols: Columns, name: str) -> I64:

@@ -237,7 +237,17 @@ def analyse(
     """Events to a TraceResult (the same code path for a live run and a saved session)."""
     # The analysis's temporaries: reused, not fresh pages (not while reading: measured
     # slower there).
-    tl.reuse_freed_memory()
+    with tl.reusing_freed_memory():
+        return _analyse(monitors, capture, tasks, paths, machine)
+
+
+def _analyse(
+    monitors: tuple[str, ...],
+    capture: tf.Capture,
+    tasks: tl.Tasks,
+    paths: dict[tuple[int, int], str] | None,
+    machine: str | None,
+) -> TracefsRun:
     chosen = set(monitors)
     tl.learn_tasks(capture, tasks)
     notes: list[str] = []
