@@ -3,6 +3,7 @@ kernel (6.18), then the instance against the real kernel."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import subprocess
@@ -379,23 +380,50 @@ def test_first_event_after_each_query_packed_and_not() -> None:
     q_tid = rng.integers(1, 7, 300)
     q_ts = rng.integers(-5, 1005, 300)
 
-    def expected(tids: np.ndarray, stamps: np.ndarray) -> list[int]:  # type: ignore[type-arg]
-        out = []
-        for t, q in zip(q_tid.tolist(), q_ts.tolist(), strict=True):
-            after = [(s, i) for i, (e, s) in enumerate(zip(tids, stamps, strict=True))
-                     if e == t and s > q]  # fmt: skip
-            out.append(min(after)[0] if after else -1)
-        return out
+    pairs = list(zip(ev_tid.tolist(), ev_ts.tolist(), strict=True))
+    queries = list(zip(q_tid.tolist(), q_ts.tolist(), strict=True))
+    first_after = [min((s for e, s in pairs if e == t and s > q), default=-1) for t, q in queries]
+    latest_before = [max((s for e, s in pairs if e == t and s < q), default=-1) for t, q in queries]
+    assert any(v == -1 for v in first_after) and any(v == -1 for v in latest_before)
 
     at = tl._first_after(ev_tid, ev_ts, q_tid, q_ts)
-    assert np.where(at >= 0, ev_ts[at], -1).tolist() == expected(ev_tid, ev_ts)
+    assert np.where(at >= 0, ev_ts[at], -1).tolist() == first_after
+    assert tl._latest_before(ev_tid, ev_ts, q_tid, q_ts).tolist() == latest_before
     # Task ids too large to pack with 2^62 ns of time: the lexsort path.
-    big = ev_tid + (1 << 40)
-    wide = ev_ts * (1 << 30)
-    at = tl._first_after(big, wide, q_tid + (1 << 40), q_ts * (1 << 30))
+    big, wide, scale = ev_tid + (1 << 40), ev_ts * (1 << 30), 1 << 30
+    at = tl._first_after(big, wide, q_tid + (1 << 40), q_ts * scale)
     assert np.where(at >= 0, wide[at], -1).tolist() == [
-        -1 if v < 0 else v * (1 << 30) for v in expected(ev_tid, ev_ts)
+        -1 if v < 0 else v * scale for v in first_after
     ]
+    wide_before = tl._latest_before(big, wide, q_tid + (1 << 40), q_ts * scale)
+    assert wide_before.tolist() == [-1 if v < 0 else v * scale for v in latest_before]
+
+
+def test_waits_pair_the_latest_start_with_the_next_end_packed_and_not() -> None:
+    from contend.monitors import timeline as tl
+
+    rng = np.random.default_rng(11)
+    n = 2000
+    tid = rng.integers(1, 8, n)
+    ts = rng.integers(0, 400, n)  # many ties of one task at one time
+    kind = rng.integers(0, 4, n)
+    cpu = np.where(kind >= tl.SWITCH_IN, rng.integers(0, 4, n), -1)
+    # By hand: per task, events in (time, kind) order; an end right after a start closes
+    # the wait from that start (the latest one), any other end closes none.
+    want = []
+    for t in sorted(set(tid.tolist())):
+        own = sorted((int(s), int(k), int(c)) for i, s, k, c in zip(tid, ts, kind, cpu, strict=True)
+                     if i == t)  # fmt: skip
+        for (s0, k0, _), (s1, k1, c1) in itertools.pairwise(own):
+            if k0 < tl.SWITCH_IN <= k1:
+                want.append((t, s0, s1, c1))
+    assert len(want) > 100
+    got = tl._pair_waits(tid, ts, kind, cpu)
+    assert sorted(zip(*(a.tolist() for a in got), strict=True)) == sorted(want)
+    wide = tl._pair_waits(tid + (1 << 61), ts, kind, cpu)  # does not pack: the lexsort path
+    assert sorted(zip(*(a.tolist() for a in wide), strict=True)) == sorted(
+        (t + (1 << 61), s0, s1, c1) for t, s0, s1, c1 in want
+    )
 
 
 def test_perfetto_document_follows_the_format() -> None:

@@ -29,6 +29,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -125,23 +126,11 @@ class Tasks:
     def is_target(self, tid: int) -> bool:
         return tid != 0 and (self.everyone or tid in self.targets)
 
-    def target_mask(self, tids: I64) -> npt.NDArray[np.bool_]:
+    def target_mask(self, tids: npt.NDArray[np.integer]) -> npt.NDArray[np.bool_]:
         if self.everyone:
             nonzero: npt.NDArray[np.bool_] = tids != 0
             return nonzero
-        if not self.targets:
-            return np.zeros(len(tids), dtype=bool)
-        wanted = np.fromiter(self.targets, dtype=np.int64)
-        if len(tids) and min(int(tids.min()), int(wanted.min())) >= 0:
-            top = max(int(tids.max()), int(wanted.max()))
-            if top < _TID_TABLE:
-                # A table indexed by tid: one gather, no sort.
-                table = np.zeros(top + 1, dtype=bool)
-                table[wanted] = True
-                found: npt.NDArray[np.bool_] = table[tids]
-                return found
-        mask: npt.NDArray[np.bool_] = np.isin(tids, wanted)
-        return mask
+        return _isin(tids, np.fromiter(self.targets, dtype=np.int64))
 
     def pid_of(self, tid: int) -> int:
         if tid not in self.tgid and self.resolve is not None:
@@ -155,6 +144,22 @@ class Tasks:
         if tid not in self.comm:
             self.pid_of(tid)
         return self.comm.get(tid) or self.comm.get(self.tgid.get(tid, tid), "")
+
+
+def _isin(tids: npt.NDArray[np.integer], wanted: I64) -> npt.NDArray[np.bool_]:
+    """np.isin(tids, wanted), through a table indexed by tid (one gather, no sort) when
+    the ids allow it."""
+    if len(wanted) == 0 or len(tids) == 0:
+        return np.zeros(len(tids), dtype=bool)
+    if min(int(tids.min()), int(wanted.min())) >= 0:
+        top = max(int(tids.max()), int(wanted.max()))
+        if top < _TID_TABLE:
+            table = np.zeros(top + 1, dtype=bool)
+            table[wanted] = True
+            found: npt.NDArray[np.bool_] = table[tids]
+            return found
+    mask: npt.NDArray[np.bool_] = np.isin(tids, wanted)
+    return mask
 
 
 def learn_tasks(capture: Capture, tasks: Tasks) -> Tasks:
@@ -297,37 +302,24 @@ def _pack(tids: list[I64], stamps: list[I64], lows: list[I64], low_bits: int) ->
 
 def _latest_before(ev_tid: I64, ev_ts: I64, q_tid: I64, q_ts: I64) -> I64:
     """Per query: the latest `ev_ts` of an event of the same task strictly before `q_ts`
-    (-1: none)."""
-    out = np.full(len(q_tid), -1, dtype=np.int64)
+    (-1: none): the first after it, in time reversed."""
+    found = np.full(len(q_tid), -1, dtype=np.int64)
     if len(q_tid) == 0 or len(ev_tid) == 0:
-        return out
+        return found
     zero = np.zeros(1, np.int64)
     packed = _pack([ev_tid, q_tid], [ev_ts, q_ts], [zero, zero], 0)
     if packed is None:
-        # Several keys: the queries sorted in with the events (first on a tie: strictly
-        # before), the last event carried forward.
-        n_q = len(q_tid)
-        all_tid = np.concatenate([q_tid, ev_tid])
-        all_ts = np.concatenate([q_ts, ev_ts])
-        kind = np.concatenate([np.zeros(n_q, np.int64), np.ones(len(ev_tid), np.int64)])
-        o = np.lexsort((kind, all_ts, all_tid))
-        all_tid, all_ts, kind = all_tid[o], all_ts[o], kind[o]
-        last = np.maximum.accumulate(np.where(kind == 1, np.arange(len(o)), -1))
-        q_pos = np.nonzero(kind == 0)[0]
-        at = np.maximum(last[q_pos], 0)
-        hit = (last[q_pos] >= 0) & (all_tid[at] == all_tid[q_pos])
-        out[o[q_pos]] = np.where(hit, all_ts[at], -1)
-        return out
+        at = _first_after(ev_tid, -ev_ts, q_tid, -q_ts)
+        found[at >= 0] = ev_ts[at[at >= 0]]
+        return found
+    # Only the stamps are wanted: a sort of the keys (no argsort), the stamp unpacked.
     events = np.sort(packed.keys[0])
     queries = packed.keys[1]
-    qo = np.argsort(queries)
-    qk = queries[qo]
-    # The last event below each query's key: the same task's only if the rank agrees.
-    at = np.searchsorted(events, qk, "left") - 1
-    k = events[np.maximum(at, 0)]
-    hit = (at >= 0) & (packed.rank(k, 0) == packed.rank(qk, 0))
-    out[qo] = np.where(hit, packed.ts(k, 0), -1)
-    return out
+    at = np.searchsorted(events, queries, "left") - 1
+    hit = at >= 0
+    hit[hit] = packed.rank(events[at[hit]], 0) == packed.rank(queries[hit], 0)
+    found[hit] = packed.ts(events[at[hit]], 0)
+    return found
 
 
 def _first_after(ev_tid: I64, ev_ts: I64, q_tid: I64, q_ts: I64) -> I64:
@@ -355,7 +347,7 @@ def _first_after(ev_tid: I64, ev_ts: I64, q_tid: I64, q_ts: I64) -> I64:
         hit[hit] = all_tid[o][after[hit]] == all_tid[o][q_pos[hit]]
         out[o[q_pos[hit]] - n_e] = o[after[hit]]
         return out
-    eo = np.argsort(packed.keys[0], kind="stable")
+    eo = np.argsort(packed.keys[0])
     events = packed.keys[0][eo]
     queries = packed.keys[1]
     at = np.searchsorted(events, queries, "right")
@@ -365,50 +357,46 @@ def _first_after(ev_tid: I64, ev_ts: I64, q_tid: I64, q_ts: I64) -> I64:
     return out
 
 
+# The events a run-queue wait is paired from, in their order on a tie (same task, same
+# time): starts (a wakeup, an involuntary switch-out), then ends (a switch-in, an inferred
+# slice start).
+WAKEUP, PREEMPTED, SWITCH_IN, INFERRED_IN = 0, 1, 2, 3
+
+
 def _pair_waits(ev_tid: I64, ev_ts: I64, ev_kind: I64, ev_cpu: I64) -> tuple[I64, I64, I64, I64]:
-    """Run-queue waits: a start (kind 0) then the task's next end (kind 1); the latest
+    """Run-queue waits: a start (kind < SWITCH_IN) then the task's next end; the latest
     start wins. In (task, time) order: tid, start, end and the end's CPU of each wait."""
     n = len(ev_tid)
     cpu_bits = max(1, int(ev_cpu.max()).bit_length()) if n else 1
     packed = None
     if n and int(ev_cpu.min()) >= -1:
-        low = (ev_kind << cpu_bits) | np.where(ev_kind == 1, ev_cpu, 0)
-        packed = _pack([ev_tid], [ev_ts], [low], 1 + cpu_bits)
+        # (task, time, kind, the end's CPU): events with equal keys are the same event.
+        low = (ev_kind << cpu_bits) | np.where(ev_kind >= SWITCH_IN, ev_cpu, 0)
+        packed = _pack([ev_tid], [ev_ts], [low], 2 + cpu_bits)
     if packed is not None:
         keys = np.sort(packed.keys[0])
-        # Equal (task, time, kind): their order is the events' own, which the key lost.
-        task_time_kind = keys >> cpu_bits
-        if not np.any(task_time_kind[1:] == task_time_kind[:-1]):
-            # As _pair_sorted, on the keys: only the waits' own are unpacked.
-            kind = task_time_kind & 1
-            task = packed.rank(keys, 1 + cpu_bits)
-            valid = np.zeros(n, dtype=bool)
-            valid[1:] = (kind[1:] == 1) & (kind[:-1] == 0) & (task[1:] == task[:-1])
-            ends = keys[valid]
-            starts = keys[np.flatnonzero(valid) - 1]
-            who = packed.rank(ends, 1 + cpu_bits)
-            if packed.tids is not None:
-                who = packed.tids[who]
-            return (
-                who,
-                packed.ts(starts, 1 + cpu_bits),
-                packed.ts(ends, 1 + cpu_bits),
-                ends & ((1 << cpu_bits) - 1),
-            )
-    o = np.lexsort((ev_kind, ev_ts, ev_tid))
-    return _pair_sorted(ev_tid[o], ev_ts[o], ev_kind[o], ev_cpu[o], None)
-
-
-def _pair_sorted(
-    tid: I64, ts: I64, kind: I64, cpu: I64, names: I64 | None
-) -> tuple[I64, I64, I64, I64]:
-    """Events sorted by task, time, kind: an end whose latest start comes after the
-    previous end is an end right after a start of the same task (nothing lies between)."""
-    valid = np.zeros(len(tid), dtype=bool)
-    valid[1:] = (kind[1:] == 1) & (kind[:-1] == 0) & (tid[1:] == tid[:-1])
-    start = np.flatnonzero(valid) - 1
-    who = tid[valid] if names is None else names[tid[valid]]
-    return who, ts[start], ts[valid], cpu[valid]
+        is_end = (keys >> (cpu_bits + 1)) & 1
+        task = packed.rank(keys, 2 + cpu_bits)
+        valid = np.zeros(n, dtype=bool)
+        valid[1:] = (is_end[1:] == 1) & (is_end[:-1] == 0) & (task[1:] == task[:-1])
+        ends = keys[valid]
+        starts = keys[np.flatnonzero(valid) - 1]
+        who = packed.rank(ends, 2 + cpu_bits)
+        if packed.tids is not None:
+            who = packed.tids[who]
+        return (
+            who,
+            packed.ts(starts, 2 + cpu_bits),
+            packed.ts(ends, 2 + cpu_bits),
+            ends & ((1 << cpu_bits) - 1),
+        )
+    # Several keys: an end whose latest start comes after the previous end is an end
+    # right after a start of the same task (nothing lies between).
+    o = np.lexsort((ev_cpu, ev_kind, ev_ts, ev_tid))  # as the packed keys' order
+    tid, ts, end, cpu = ev_tid[o], ev_ts[o], ev_kind[o] >= SWITCH_IN, ev_cpu[o]
+    valid = np.zeros(n, dtype=bool)
+    valid[1:] = end[1:] & ~end[:-1] & (tid[1:] == tid[:-1])
+    return tid[valid], ts[np.flatnonzero(valid) - 1], ts[valid], cpu[valid]
 
 
 def _by_cpu_then_time(sw: Columns) -> npt.NDArray[np.intp]:
@@ -439,24 +427,35 @@ def _by_first_then_second(first: I64, second: I64) -> npt.NDArray[np.intp]:
     return order
 
 
+def _raw(cols: Columns, name: str) -> npt.NDArray[np.integer]:
+    """A column in its own type (int32 pids, int16 CPUs): gathers of narrow columns move
+    less memory than of their int64 copies."""
+    if name not in cols:
+        return np.zeros(0, dtype=np.int64)
+    return cast("npt.NDArray[np.integer]", cols[name])
+
+
 def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
     sw = capture.get("sched_switch")
-    ts, cpu = _i64(sw, "ts"), _i64(sw, "cpu")
-    prev, nxt = _i64(sw, "prev_pid"), _i64(sw, "next_pid")
-    state = _i64(sw, "prev_state")
     order = _by_cpu_then_time(sw)
-    ts, cpu, prev, nxt, state = ts[order], cpu[order], prev[order], nxt[order], state[order]
+    ts = _i64(sw, "ts")[order]
+    cpu, prev, nxt = (
+        _raw(sw, "cpu")[order],
+        _raw(sw, "prev_pid")[order],
+        _raw(sw, "next_pid")[order],
+    )
+    preempted = ((_raw(sw, "prev_state") & 0xFF) == 0)[order]
     same_cpu = cpu[1:] == cpu[:-1]
     a_next, b_prev = nxt[:-1], prev[1:]
     b_target = tasks.target_mask(b_prev) & same_cpu
     seen_in = b_target & (a_next == b_prev)
     # A switch-out without its switch-in: from idle (unrecorded on this kernel), maybe
     # after a chain of other tasks' switches that the pid filter did not record.
-    idle_gap = b_target & (a_next != b_prev)
-    slice_tid = b_prev[seen_in]
+    idle_gap = b_target & ~seen_in
+    slice_tid = b_prev[seen_in].astype(np.int64)
     slice_start = ts[:-1][seen_in]
     slice_end = ts[1:][seen_in]
-    slice_cpu = cpu[1:][seen_in]
+    slice_cpu = cpu[1:][seen_in].astype(np.int64)
 
     wake = [capture.get("sched_wakeup"), capture.get("sched_wakeup_new")]
     w_tid = np.concatenate([_i64(w, "pid") for w in wake])
@@ -468,17 +467,19 @@ def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
     # A CPU's first record may be such a switch-out too (the idle switch-in unrecorded).
     first = np.r_[True, cpu[1:] != cpu[:-1]] if len(cpu) else np.zeros(0, bool)
     first &= tasks.target_mask(prev)
-    inf_tid = np.concatenate([b_prev[idle_gap], prev[first]])
+    inf_tid = np.concatenate([b_prev[idle_gap], prev[first]]).astype(np.int64)
     inf_lo = np.concatenate([ts[:-1][idle_gap], np.full(int(first.sum()), -1, np.int64)])
     inf_end = np.concatenate([ts[1:][idle_gap], ts[first]])
-    inf_cpu = np.concatenate([cpu[1:][idle_gap], cpu[first]])
+    inf_cpu = np.concatenate([cpu[1:][idle_gap], cpu[first]]).astype(np.int64)
     inf_start = np.full(len(inf_tid), -1, dtype=np.int64)
     by_runtime = 0
     if len(inf_tid):
         # The slice starts after the task's own previous switch (in or out, any CPU) and
         # after the CPU went to another task; at its wakeup if that came later.
-        sw_ts = _latest_before(np.concatenate([prev, nxt]), np.concatenate([ts, ts]),
-                               inf_tid, inf_end)  # fmt: skip
+        mine_out, mine_in = _isin(prev, inf_tid), _isin(nxt, inf_tid)
+        own = np.concatenate([prev[mine_out], nxt[mine_in]]).astype(np.int64)
+        sw_ts = _latest_before(own, np.concatenate([ts[mine_out], ts[mine_in]]), inf_tid, inf_end)
+        del mine_out, mine_in, own
         wk_ts = _latest_before(w_tid, w_ts, inf_tid, inf_end)
         bound = np.maximum(inf_lo, sw_ts)
         inf_start = np.where(wk_ts >= bound, wk_ts, bound)
@@ -500,20 +501,19 @@ def on_cpu(capture: Capture, tasks: Tasks) -> OnCpu:
 
     # Run-queue waits: a start (wakeup, involuntary switch-out) then the next switch-in;
     # the latest start wins, as in cpu.py's program.
-    out_target = tasks.target_mask(prev)
-    invol = out_target & ((state & 0xFF) == 0)
+    invol = tasks.target_mask(prev) & preempted
     in_target = tasks.target_mask(nxt)
-    ev_tid = np.concatenate([w_tid, prev[invol], nxt[in_target], inf_tid[found]])
-    ev_ts = np.concatenate([w_ts, ts[invol], ts[in_target], inf_start[found]])
-    ev_cpu = np.concatenate(
-        [np.full(len(w_tid), -1), cpu[invol], cpu[in_target], inf_cpu[found]]
-    ).astype(np.int64)
-    ev_kind = np.concatenate(
-        [
-            np.zeros(len(w_tid) + int(invol.sum()), dtype=np.int64),
-            np.ones(int(in_target.sum()) + int(found.sum()), dtype=np.int64),
-        ]
+    parts = (
+        (w_tid, w_ts, np.full(len(w_tid), -1, np.int64), WAKEUP),
+        (prev[invol], ts[invol], cpu[invol], PREEMPTED),
+        (nxt[in_target], ts[in_target], cpu[in_target], SWITCH_IN),
+        (inf_tid[found], inf_start[found], inf_cpu[found], INFERRED_IN),
     )
+    ev_tid = np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False)
+    ev_ts = np.concatenate([p[1] for p in parts])
+    ev_cpu = np.concatenate([p[2] for p in parts]).astype(np.int64, copy=False)
+    ev_kind = np.concatenate([np.full(len(p[0]), p[3], np.int64) for p in parts])
+    del parts
     wait_tid, wait_start, wait_end, wait_cpu = _pair_waits(ev_tid, ev_ts, ev_kind, ev_cpu)
     return OnCpu(
         tid=tid_all,
