@@ -339,6 +339,9 @@ def report_rate(rate: float, seconds: float) -> None:
         print(f"  perf sched record -a: CPU {p['record_cpu_s']:.2f} s = {p['core_pct']:.1f}% of one "
               f"core, {p['data_mb']:.1f} MB ({p['record_note']})")  # fmt: skip
         print(f"  perf sched timehist: {p['timehist_s']:.2f} s for {p['timehist_lines']:,} lines")
+        analysing = c["tracer_cpu_s"] - reading
+        print(f"  analysis at the end: contend {analysing:.2f} s CPU vs perf sched timehist "
+              f"{p['timehist_cpu_s']:.2f} s CPU")  # fmt: skip
         print(
             f"  ratio tracer CPU contend/perf record: {c['tracer_cpu_s'] / max(p['record_cpu_s'], 1e-9):.2f}"
         )

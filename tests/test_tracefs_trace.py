@@ -253,6 +253,51 @@ def test_a_throttled_loop_runs_what_its_quota_allows(root: None, cpu: int) -> No
     assert row["run_queue_latency"]["avg_ns"] >= 30e6, row
 
 
+FAMILY = """
+import os, sys, time
+pids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        if os.fork() == 0:  # a grandchild too
+            time.sleep(600)
+            os._exit(0)
+        time.sleep(600)
+        os._exit(0)
+    pids.append(pid)
+time.sleep(0.3)
+with open(sys.argv[1], "w") as f:
+    f.write(" ".join(map(str, [os.getpid(), *pids])))
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("backend", ["tracefs", "bpftrace"])
+def test_a_launched_command_ends_with_its_children_at_the_duration(
+    root: None, backend: str, tmp_path: Path
+) -> None:
+    """--duration over a command still running: it and every process it started end with
+    the trace (as timeout(1) ends its process group); its status is SIGTERM's."""
+    if backend == "bpftrace":
+        need(shutil.which("bpftrace") is not None, "needs bpftrace")
+    pids_file = tmp_path / "pids"
+    rc, result, err = trace_json(
+        "cpu", "--backend", backend, "--duration", "1.5",
+        "--", sys.executable, "-c", FAMILY, str(pids_file),
+    )  # fmt: skip
+    assert rc == 128 + signal.SIGTERM, err
+    family = [int(p) for p in pids_file.read_text().split()]
+    assert len(family) == 3
+    # The children's own children too: every process of the command's tree is gone.
+    tree = {r["pid"] for r in result["cpu"] if r["tid"]}
+    assert set(family) <= tree and len(tree) == 5, tree
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in tree):
+        time.sleep(0.05)
+    alive = [p for p in tree if Path(f"/proc/{p}").exists()]
+    assert alive == [], alive
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_nothing_left_in_tracefs_however_it_stops(root: None, sig: int) -> None:
     sleeper = subprocess.Popen(["sleep", "60"])

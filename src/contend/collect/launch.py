@@ -7,11 +7,15 @@ command from its first instruction.
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
+from contend.collect.procfs import ProcFS
 from contend.errors import ContendError
 
 # The gate: the launched command's first process waits here (same PID) until the tracer
@@ -51,19 +55,58 @@ class Launched:
             self.proc.wait(10)
 
     def finish(self) -> int:
-        """At the end of a trace: a command never released is aborted, one still running
-        is terminated (killed after 5 s); its exit status, a signal as 128 + N."""
+        """At the end of a trace: a command never released is aborted; one still running
+        is terminated with everything it started that still descends from it, as
+        timeout(1) does to its process group (killed after 5 s). Its exit status, a
+        signal as 128 + N. A command that ended by itself keeps the children it left."""
         if self.gate_w >= 0:
             self.abort()
         if self.proc.poll() is None:
-            self.proc.terminate()
+            # Held by pidfds, found before the command dies (then they are reparented):
+            # a signal can never reach a recycled PID.
+            family = _pidfds(ProcFS().descendants(self.proc.pid)[1:])
             try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.proc.terminate()
+                _signal(family, signal.SIGTERM)
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                _end(family, deadline=time.monotonic() + 5)
+            finally:
+                for fd in family:
+                    os.close(fd)
         rc = self.proc.returncode
         return rc if rc >= 0 else 128 - rc
+
+
+def _pidfds(pids: list[int]) -> list[int]:
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except OSError:
+            continue  # gone already
+    return fds
+
+
+def _signal(pidfds: list[int], sig: int) -> None:
+    for fd in pidfds:
+        try:
+            signal.pidfd_send_signal(fd, sig)
+        except OSError:
+            continue  # exited meanwhile
+
+
+def _end(pidfds: list[int], deadline: float) -> None:
+    """Wait for the processes (a pidfd polls readable when its process exits), then
+    SIGKILL those left at the deadline."""
+    waiting = set(pidfds)
+    while waiting and time.monotonic() < deadline:
+        ready, _, _ = select.select(list(waiting), [], [], max(0.0, deadline - time.monotonic()))
+        waiting -= set(ready)
+    _signal(list(waiting), signal.SIGKILL)
 
 
 def launch(command: tuple[str, ...]) -> Launched:
