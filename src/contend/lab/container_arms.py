@@ -189,11 +189,7 @@ class ContainerLab(Lab):
         image.build(self.engine)
         self.progress.phase("starting app container", None)
         url = self._start(opts.cpus, 0)
-        cost_s: float | None = None
-        if opts.rate_per_s is None:
-            cost_s, rate = self.calibrate(url)
-        else:
-            rate = opts.rate_per_s
+        cost_s, rate = self.request_rate(url)
         records = [self.run_arm("baseline", url, rate)]
         self.progress.phase("starting app + noise container", None)
         url = self._start(opts.cpus, opts.noise_workers)

@@ -240,6 +240,12 @@ class Lab:
             total += t.on_cpu_ns or 0
         return total
 
+    def request_rate(self, url: str) -> tuple[float | None, float]:
+        """The load's rate: as given, or calibrated (then with the measured CPU cost)."""
+        if self.options.rate_per_s is not None:
+            return None, self.options.rate_per_s
+        return self.calibrate(url)
+
     def calibrate(self, url: str) -> tuple[float, float]:
         """(CPU seconds per request, request rate) measured on the running app."""
         self.progress.phase("calibrating", WARMUP_DISCARD + WARMUP_MEASURED)
@@ -406,11 +412,7 @@ class Lab:
         self.progress.phase("starting app", None)
         base = self._start_app()
         url = f"{base}/compute?n={opts.compute_n}"
-        cost_s: float | None = None
-        if opts.rate_per_s is None:
-            cost_s, rate = self.calibrate(url)
-        else:
-            rate = opts.rate_per_s
+        cost_s, rate = self.request_rate(url)
         records = [self.run_arm("baseline", url, rate)]
         self.progress.phase("starting noise", None)
         self.noise = self._spawn("contend.lab.noise", "--workers", str(opts.noise_workers))
