@@ -342,17 +342,73 @@ def test_a_killed_run_is_reclaimed_by_the_next_trace(root: None) -> None:
     assert f"contend-{dead.pid}" not in ours()
 
 
-def test_bad_input_is_one_line(root: None) -> None:
+def test_bad_input_is_one_line(root: None, tmp_path: Path) -> None:
     done = subprocess.run(
-        [*contend_command(), "trace", "cpu", "--backend", "tracefs", "--events"],
+        [*contend_command(), "trace", "io", "--backend", "tracefs", "--perfetto",
+         str(tmp_path / "t.json"), "--duration", "1"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert "--events needs the bpftrace backend" in done.stderr
+    assert "--perfetto draws the cpu monitor's events" in done.stderr
     done = subprocess.run(
         [*contend_command(), "trace", "cpu", "--backend", "ftrace"], capture_output=True, text=True
     )
     assert done.returncode == 2 and "tracefs" in done.stderr
+
+
+EVENTFUL = """
+import os, time
+for _ in range(7):
+    os.write(1, b"hello\\n")
+    t = time.time()
+    while time.time() - t < 0.15:
+        pass
+    time.sleep(0.05)
+if os.fork() == 0:
+    os._exit(3)
+os.wait()
+"""
+
+
+def _eventful(backend: str, *flags: str) -> tuple[str, list[str]]:
+    done = subprocess.run(
+        [*contend_command(), "trace", "cpu", "io", "process", "--backend", backend, *flags,
+         "--", "/usr/bin/python3", "-c", EVENTFUL],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # The event lines: before the summary (which lists the process events again).
+    streamed = done.stdout.split("\ncontend trace ", 1)[0]
+    return done.stdout, [line for line in streamed.splitlines() if line.startswith("[")]
+
+
+def test_events_and_interval_on_both_backends(root: None) -> None:
+    """--events and --interval on tracefs: the event lines of bpftrace's, counted the same
+    (the 7 writes and their results, the fork, the child's exit code), and a summary so
+    far every 0.4 s of the ~1.4 s run."""
+    need(shutil.which("bpftrace") is not None, "needs bpftrace")
+    for backend in ("tracefs", "bpftrace"):
+        out, lines = _eventful(backend, "--events")
+        writes = [n for n, line in enumerate(lines) if line.endswith("-> write()")]
+        assert len(writes) == 7, (backend, lines)
+        text = out.splitlines()
+        results = [text[text.index(lines[n]) + 1].strip() for n in writes]
+        assert results == ["Result: 6 bytes"] * 7, backend
+        forks = [line for line in lines if "New process: python3" in line]
+        exits = [line for line in lines if "exit code 3" in line]
+        assert len(forks) == 1 and len(exits) == 1, (backend, lines)
+        on = sum(line.endswith(" on CPU") for line in lines)
+        off = [int(line.split("after ")[1].split()[0]) for line in lines if "off CPU after" in line]
+        # Every slice that ended has its on line; 7 busy stretches of 150 ms each.
+        assert on >= len(off) >= 7 and sum(off) >= 7 * 0.15e9 * 0.9, backend
+        out, _ = _eventful(backend, "--interval", "0.4")
+        summaries = out.count("(cumulative) ---")
+        # tracefs: from the release of the command (1.4 s); bpftrace's interval probe also
+        # fires while its other probes attach.
+        assert summaries >= 2 and (backend == "bpftrace" or summaries <= 4), (backend, summaries)
+        # The summary so far holds the writes made so far: the last one has most of them.
+        last = out.rsplit("(cumulative) ---", 1)[1]
+        assert "write" in last.split("=== I/O Operations Summary ===")[1], backend
 
 
 # --- the timeline: Perfetto and the longest waits ----------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import sys
 from pathlib import Path
 
@@ -163,13 +164,16 @@ def command(
                 f"--perfetto: directory {Path(perfetto_file).resolve().parent} does not exist"
             )
     if backend == "tracefs":
-        if events or every:
-            flag = "--events" if events else "--interval"
-            raise UsageError(f"{flag} needs the bpftrace backend")
         check_available()
+        if every is not None:
+            opts.on_interval = lambda so_far: _print_interval(so_far, fmt)
         run = run_tracefs(opts)
         if perfetto_file is not None:
             Path(perfetto_file).write_text(perfetto.render(run.timeline(), run.result.target))
+        if events and fmt == "text":
+            # Read in batches: the lines come at the end, from the whole timeline.
+            for ev in run.events(platform.machine()):
+                click.echo(trace_text.format_event(ev))
         return _emit(run.result, fmt, output)
     ok, why = bt.available()
     if backend == "bpftrace" and not ok:

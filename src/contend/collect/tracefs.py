@@ -812,6 +812,11 @@ class Tracer:
             self._chunks[s.name].append(columns(records, fmt, s.fields))
         return len(records)
 
+    def snapshot(self) -> Capture:
+        """What was decoded so far, as a Capture (a merged copy); tracing goes on."""
+        events = {s.name: merge(self._chunks[s.name]) for s in self.specs if self._chunks[s.name]}
+        return Capture(events, self.instance.lost_by_cpu(), self.records, self.pages)
+
     def finish(self) -> Capture:
         """Stop, drain, count the losses; the instance is removed by `close()`."""
         self.instance.stop()

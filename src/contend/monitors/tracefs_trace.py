@@ -26,17 +26,21 @@ from contend.errors import ContendError, Terminated
 from contend.model import (
     CpuRow,
     FileRow,
+    IoEvent,
     IoRow,
     Occupant,
     Overhead,
     PreemptorRow,
+    SchedEvent,
     SyscallRow,
     Timeline,
+    TraceEvent,
     TraceResult,
     WaitRow,
 )
 from contend.monitors import MONITORS, TraceOptions, thread_owner, trace_over
 from contend.monitors import timeline as tl
+from contend.monitors.io import READS, WRITES
 
 # The loop's tick: the end of the target (or of --duration) is seen within it. The
 # buffers are drained at most that often and at least every MAX_READ_INTERVAL_S: as
@@ -93,6 +97,36 @@ class TracefsRun:
     slices: tl.OnCpu | None
     occupancy: tl.Occupancy | None = None
     paths: dict[tuple[int, int], str] = dataclasses.field(default_factory=dict)
+    calls: tl.Calls | None = None
+
+    def events(self, machine: str | None = None) -> list[TraceEvent]:
+        """The original document's per-event lines (--events), in time order, from the
+        whole run: the cpu monitor's on/off CPU, the io monitor's reads and writes with
+        their results, the process monitor's events."""
+        out: list[TraceEvent] = []
+        chosen = set(self.result.monitors)
+        tasks = self.tasks
+        if self.slices is not None:
+            s = self.slices
+            for tid, start, end in zip(
+                s.tid.tolist(), s.start.tolist(), s.end.tolist(), strict=True
+            ):
+                pid, comm = tasks.pid_of(tid), tasks.comm_of(tid)
+                out.append(SchedEvent(start, True, pid, tid, comm))
+                out.append(SchedEvent(end, False, pid, tid, comm, ran_ns=end - start))
+        if "io" in chosen and self.calls is not None:
+            names = tl.io_numbers(machine)
+            c = self.calls
+            for tid, nr, ts, ret in zip(
+                c.tid.tolist(), c.nr.tolist(), c.exit.tolist(), c.ret.tolist(), strict=True
+            ):
+                op = names.get(nr)
+                if ts >= 0 and op in READS + WRITES:
+                    out.append(IoEvent(ts, tasks.pid_of(tid), op, ret, tasks.comm_of(tid)))
+        if "process" in chosen:
+            out.extend(self.result.process)
+        out.sort(key=lambda ev: ev.ts_ns)
+        return out
 
     def timeline(self) -> Timeline:
         """The cpu monitor's events as a timeline (needs the cpu monitor)."""
@@ -156,6 +190,16 @@ def read_interval(elapsed: float, fill: float) -> float:
     return min(MAX_READ_INTERVAL_S, max(READ_INTERVAL_S, elapsed * FILL_TARGET / fill))
 
 
+def _tasks(initial: dict[int, int] | None) -> tl.Tasks:
+    """Who the target is at the start (None: everyone); the analysis grows it."""
+    return tl.Tasks(
+        tgid=dict(initial or {}),
+        targets=set(initial or {}),
+        everyone=initial is None,
+        resolve=thread_owner,
+    )
+
+
 def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) -> TracefsRun:
     machine = platform.machine()
     buffer_kb = (opts.buffer_pages or tf.DEFAULT_BUFFER_KB // PAGE_KB) * PAGE_KB
@@ -176,11 +220,14 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
             launched.release()
         deadline = started + opts.duration_s if opts.duration_s else None
         last_read = next_read = started
+        every = opts.interval_s if opts.on_interval is not None else None
+        next_summary = started + every if every else None
         try:
             while not trace_over(opts, launched, deadline, notes):
                 wait(READ_INTERVAL_S)
                 now = time.monotonic()
-                if now < next_read:
+                summary = next_summary is not None and now >= next_summary
+                if now < next_read and not summary:
                     continue
                 tracer.poll()
                 if "io" in opts.monitors:
@@ -188,6 +235,20 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
                 else:
                     next_read = now + read_interval(now - last_read, tracer.fill)
                 last_read = now
+                if summary and every and opts.on_interval is not None:
+                    # The summary so far: everything decoded, analysed as at the end.
+                    so_far = analyse(
+                        opts.monitors, tracer.snapshot(), _tasks(initial), dict(paths), machine
+                    )
+                    opts.on_interval(
+                        dataclasses.replace(
+                            so_far.result,
+                            target=opts.target.describe(),
+                            duration_s=time.monotonic() - started,
+                        )
+                    )
+                    while next_summary is not None and next_summary <= time.monotonic():
+                        next_summary += every
         except (KeyboardInterrupt, Terminated):
             notes.append("stopped by a signal before the end")
         ended = time.monotonic()
@@ -197,13 +258,7 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
         tracer.close()
         if launched is not None:
             exit_status = launched.finish()
-    tasks = tl.Tasks(
-        tgid=dict(initial or {}),
-        targets=set(initial or {}),
-        everyone=initial is None,
-        resolve=thread_owner,
-    )
-    run = analyse(opts.monitors, capture, tasks, paths, machine)
+    run = analyse(opts.monitors, capture, _tasks(initial), paths, machine)
     cpu_s = time.process_time() - cpu0
     notes.append(
         f"tracefs: tracer CPU {reading_cpu_s:.2f} s setting up, reading and decoding, "
@@ -310,7 +365,7 @@ def _analyse(
         longest_waits=tuple(longest),
         waited_behind=tuple(behind),
     )
-    return TracefsRun(result, capture, tasks, slices, occ)
+    return TracefsRun(result, capture, tasks, slices, occ, calls=calls)
 
 
 def tl_totals(rows: list[SyscallRow]) -> list[tuple[int, str, int]]:
