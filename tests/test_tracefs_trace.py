@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -540,12 +541,41 @@ def test_record_then_report_gives_the_same_result(root: None, tmp_path: Path) ->
     assert exact_counts(result)["child_exits"] == [(0, 9), (3, 0), (5, 0), (7, 0)]
     assert exact_counts(result)["main_exit"] == [(42, 0)] and result["exit_status"] == 42
     check_trace_format(json.loads((tmp_path / "p.json").read_text()))
-    # The same file analysed twice gives the same document.
-    again = subprocess.run(
-        [*contend_command(), "report", str(session), "--format", "json"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    # The same file analysed again, as on another machine: by nobody (no root, no tracefs,
+    # no /proc of the traced tasks), from a world-readable copy: the same document.
+    shared = Path(tempfile.mkdtemp(prefix="contend-session-"))
+    try:
+        shared.chmod(0o755)
+        copy = shared / "known.session"
+        shutil.copy(session, copy)
+        copy.chmod(0o644)
+        again = subprocess.run(
+            [sys.executable, "-c", AS_NOBODY, "report", str(copy), "--format", "json"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(shared)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.startswith("uid 65534 euid 65534\n"), again.stderr
     assert json.loads(again.stdout) == result
+
+
+# Every module imported first (their files may not be readable by nobody), then root is
+# dropped for good, then the CLI runs.
+AS_NOBODY = """
+import os, pkgutil, importlib, sys
+import encodings.cp437, zipfile  # read by numpy.load: /root/.pyenv is not for nobody
+import contend
+for m in pkgutil.walk_packages(contend.__path__, "contend."):
+    if not m.name.endswith("__main__"):
+        importlib.import_module(m.name)
+from contend.cli import main
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+sys.stderr.write(f"uid {os.getuid()} euid {os.geteuid()}\\n")
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def test_report_refuses_what_is_not_a_session(tmp_path: Path) -> None:
