@@ -412,6 +412,50 @@ def test_events_and_interval_on_both_backends(root: None) -> None:
         assert "write" in last.split("=== I/O Operations Summary ===")[1], backend
 
 
+LATE = """
+import os, sys, time
+for _ in range(int(sys.argv[1])):
+    os.getsid(0)
+t = time.time()
+while time.time() - t < 0.2:
+    pass
+"""
+
+
+def test_comm_is_matched_on_every_event_as_bpftrace_does(root: None, tmp_path: Path) -> None:
+    """--comm on tracefs: a process of that name started after the trace began is traced
+    (exact getsid count, its exec); one of another name is not; names ftrace cannot match
+    literally are refused before anything touches the kernel."""
+    late, decoy = tmp_path / "contend-late", tmp_path / "contend-decoy"
+    late.symlink_to(sys.executable)
+    decoy.symlink_to(sys.executable)
+    proc = subprocess.Popen(
+        [*contend_command(), "trace", "syscalls", "cpu", "process", "--backend", "tracefs",
+         "--comm", "contend-late", "--duration", "2.5", "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.0)
+    for path, calls in ((late, 1234), (decoy, 99)):
+        subprocess.run([str(path), "-c", LATE, str(calls)], check=True, timeout=30)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    getsid = {(r["comm"], r["syscall"]): r["count"] for r in result["syscalls"]}
+    assert getsid.get(("contend-late", "getsid")) == 1234, result["syscalls"]
+    assert {r["comm"] for r in result["syscalls"]} == {"contend-late"}
+    assert {r["comm"] for r in result["cpu"] if r["tid"]} == {"contend-late"}
+    assert [e["event"] for e in result["process"]][:1] == ["exec"]
+    busy = sum(r["on_cpu_ns"] for r in result["cpu"] if r["tid"])
+    assert busy >= 0.2e9
+    for bad in ("contend*", 'x"y'):
+        done = subprocess.run(
+            [*contend_command(), "trace", "cpu", "--backend", "tracefs", "--comm", bad],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert "cannot match literally" in done.stderr
+
+
 # --- the timeline: Perfetto and the longest waits ----------------------------------------
 
 BURN = (

@@ -127,6 +127,24 @@ def validate_comm(comm: str) -> str:
     return comm
 
 
+# ftrace's filter strings have no escapes, and `==` treats * ? [ ] as a glob
+# (Documentation/trace/events.rst, "Event filtering"): such names cannot be matched
+# literally, so they are refused rather than pasted.
+_FTRACE_UNSAFE = frozenset('"\\*?[]')
+
+
+def ftrace_string(comm: str) -> str:
+    """A validated comm as an ftrace filter string literal, quotes included."""
+    validate_comm(comm)
+    bad = sorted({ch for ch in comm if ch in _FTRACE_UNSAFE or not ch.isascii()})
+    if bad:
+        raise UsageError(
+            f"--comm: {comm!r} has {' '.join(bad)}, which ftrace's filters cannot match "
+            "literally; use --backend bpftrace, or --pid"
+        )
+    return f'"{comm}"'
+
+
 def resolve_target(
     pids: tuple[str, ...] = (),
     comm: str | None = None,

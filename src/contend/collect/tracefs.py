@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from contend.errors import ContendError, PermissionNeeded
+from contend.target import ftrace_string
 
 TRACEFS = Path("/sys/kernel/tracing")
 INSTANCE_PREFIX = "contend-"
@@ -706,6 +707,18 @@ class Instance:
             _remove(self.path)
 
 
+def comm_filter(fmt: EventFormat, comm: str) -> str:
+    """The events of tasks named `comm` (validated and quoted by target.ftrace_string):
+    a switch either side of it; an event with its own `comm` field (the woken, new,
+    exiting or running task) by that field; any other by the current task's (`COMM`)."""
+    name = ftrace_string(comm)
+    if "prev_comm" in fmt.fields and "next_comm" in fmt.fields:
+        return f"prev_comm == {name} || next_comm == {name}"
+    if "comm" in fmt.fields:
+        return f"comm == {name}"
+    return f"COMM == {name}"
+
+
 def pid_filter(field_name: str, pids: Iterable[int]) -> str:
     """A kernel-side filter from integers only: ``prev_pid == 1 || prev_pid == 2``."""
     if not re.fullmatch(r"[a-z_]+", field_name):
@@ -770,9 +783,10 @@ class Tracer:
         self.pages = 0
         self.fill = 0.0  # the last batch: the most pages one CPU gave, / its buffer's pages
 
-    def open(self, follow: Iterable[int] | None = None) -> None:
+    def open(self, follow: Iterable[int] | None = None, comm: str | None = None) -> None:
         """Create the instance and enable the events (tracing still off). `follow`: the
-        tasks to record, with everything they create; None: every task."""
+        tasks to record, with everything they create; None: every task. `comm`: only
+        the events of tasks of that name, matched in the kernel on every event."""
         self.instance.create()
         if follow is not None:
             self.instance.follow_pids(follow)
@@ -780,7 +794,11 @@ class Tracer:
             s for s in self.specs if not s.optional or self.instance.has_event(s.system, s.name)
         ]
         for s in self.specs:
-            self.instance.enable(s.system, s.name, s.filter_expr)
+            expr = s.filter_expr
+            if comm is not None:
+                by_name = comm_filter(self.instance.format(s.system, s.name), comm)
+                expr = by_name if expr is None else f"({expr}) && ({by_name})"
+            self.instance.enable(s.system, s.name, expr)
 
     def add_pids(self, pids: Iterable[int]) -> None:
         for pid in pids:

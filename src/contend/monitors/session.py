@@ -52,6 +52,7 @@ def save(run: TracefsRun, path: Path) -> None:
         "records": run.capture.records,
         "tracer_cpu_s": r.overhead.tracer_cpu_s,
         "everyone": run.tasks.everyone,
+        "by_comm": run.tasks.by_comm,
         "targets": sorted(run.tasks.targets),
         "tgid": {str(t): p for t, p in run.tasks.tgid.items()},
         "comm": {str(t): c for t, c in run.tasks.comm.items()},
@@ -92,6 +93,7 @@ def load(path: Path) -> TracefsRun:
         comm={int(t): str(c) for t, c in meta["comm"].items()},
         targets={int(t) for t in meta["targets"]},
         everyone=bool(meta["everyone"]),
+        by_comm=meta.get("by_comm"),
         resolve=None,  # another machine: its /proc says nothing about these tasks
     )
     paths = {(int(t), int(ts)): str(p) for t, ts, p in meta["paths"]}

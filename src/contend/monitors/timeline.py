@@ -122,6 +122,7 @@ class Tasks:
     targets: set[int] = field(default_factory=set)
     everyone: bool = False
     resolve: Callable[[int], tuple[int, str] | None] | None = None
+    by_comm: str | None = None  # --comm: every task of that name is a target, no other
 
     def is_target(self, tid: int) -> bool:
         return tid != 0 and (self.everyone or tid in self.targets)
@@ -176,7 +177,7 @@ def learn_tasks(capture: Capture, tasks: Tasks) -> Tasks:
         parent_tgid = tasks.tgid.get(parent, parent)
         tasks.tgid[child] = parent_tgid if flags & CLONE_THREAD else child
         tasks.comm[child] = _comm(comm)
-        if tasks.is_target(parent):
+        if tasks.is_target(parent) and tasks.by_comm is None:
             tasks.targets.add(child)
     sw = capture.get("sched_switch")
     if sw:
@@ -189,6 +190,10 @@ def learn_tasks(capture: Capture, tasks: Tasks) -> Tasks:
     for tid, filename in zip(_i64(ex, "pid").tolist(), ex.get("filename", []), strict=True):
         # The comm after exec is the file's base name, cut to TASK_COMM_LEN - 1.
         tasks.comm.setdefault(tid, os.path.basename(str(filename))[:15])
+    if tasks.by_comm is not None:
+        # By name, as bpftrace's `comm ==`: a task of that name, not a child renamed by
+        # exec (the kernel filter kept only its switches with a task of that name).
+        tasks.targets |= {tid for tid, name in tasks.comm.items() if name == tasks.by_comm}
     return tasks
 
 

@@ -41,6 +41,7 @@ from contend.model import (
 from contend.monitors import MONITORS, TraceOptions, thread_owner, trace_over
 from contend.monitors import timeline as tl
 from contend.monitors.io import READS, WRITES
+from contend.target import ftrace_string
 
 # The loop's tick: the end of the target (or of --duration) is seen within it. The
 # buffers are drained at most that often and at least every MAX_READ_INTERVAL_S: as
@@ -190,17 +191,20 @@ def read_interval(elapsed: float, fill: float) -> float:
     return min(MAX_READ_INTERVAL_S, max(READ_INTERVAL_S, elapsed * FILL_TARGET / fill))
 
 
-def _tasks(initial: dict[int, int] | None) -> tl.Tasks:
+def _tasks(initial: dict[int, int] | None, comm: str | None) -> tl.Tasks:
     """Who the target is at the start (None: everyone); the analysis grows it."""
     return tl.Tasks(
         tgid=dict(initial or {}),
-        targets=set(initial or {}),
+        targets=set(initial or {}) if comm is None else set(),  # by name: each thread's own
         everyone=initial is None,
         resolve=thread_owner,
+        by_comm=comm,
     )
 
 
 def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) -> TracefsRun:
+    if opts.target.comm is not None:
+        ftrace_string(opts.target.comm)  # refused before anything touches the kernel
     machine = platform.machine()
     buffer_kb = (opts.buffer_pages or tf.DEFAULT_BUFFER_KB // PAGE_KB) * PAGE_KB
     tracer = tf.Tracer(event_specs(opts.monitors, machine), buffer_kb=buffer_kb)
@@ -213,7 +217,9 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
     cpu0 = time.process_time()
     try:
         initial = _initial(opts, launched, fs)
-        tracer.open(follow=None if initial is None else list(initial))
+        comm = opts.target.comm
+        # --comm: matched in the kernel on every event; else the tasks and their children.
+        tracer.open(follow=None if initial is None or comm else list(initial), comm=comm)
         started = time.monotonic()
         tracer.start()
         if launched is not None:
@@ -238,7 +244,11 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
                 if summary and every and opts.on_interval is not None:
                     # The summary so far: everything decoded, analysed as at the end.
                     so_far = analyse(
-                        opts.monitors, tracer.snapshot(), _tasks(initial), dict(paths), machine
+                        opts.monitors,
+                        tracer.snapshot(),
+                        _tasks(initial, opts.target.comm),
+                        dict(paths),
+                        machine,
                     )
                     opts.on_interval(
                         dataclasses.replace(
@@ -258,7 +268,7 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
         tracer.close()
         if launched is not None:
             exit_status = launched.finish()
-    run = analyse(opts.monitors, capture, _tasks(initial), paths, machine)
+    run = analyse(opts.monitors, capture, _tasks(initial, opts.target.comm), paths, machine)
     cpu_s = time.process_time() - cpu0
     notes.append(
         f"tracefs: tracer CPU {reading_cpu_s:.2f} s setting up, reading and decoding, "
@@ -268,7 +278,9 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
         notes.append("no target given: the whole system was traced")
     if opts.target.comm is not None:
         notes.append(
-            "tracefs: --comm follows the processes of that name at the start and their children"
+            "tracefs: --comm is matched in the kernel on every event (ftrace filters), as "
+            "bpftrace's comm == does: processes of that name started later are in, children "
+            "renamed by exec are not"
         )
     run.paths = paths
     run.result = dataclasses.replace(
