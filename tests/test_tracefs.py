@@ -426,6 +426,46 @@ def test_waits_pair_the_latest_start_with_the_next_end_packed_and_not() -> None:
     )
 
 
+def test_syscall_rows_keep_any_number_with_its_pid() -> None:
+    """-1 and numbers past 4095 (x32's bit 30) stay with their pid, not a neighbour's."""
+    from contend.monitors import timeline as tl
+
+    def col(*values: int) -> np.ndarray:  # type: ignore[type-arg]
+        return np.array(values, dtype=np.int64)
+
+    calls = tl.Calls(
+        tid=col(100, 100, 100), nr=col(-1, 4097, 0x40000001), arg0=col(0, 0, 0),
+        enter=col(10, 20, 30), exit=col(11, 21, 31), ret=col(0, 0, 0),
+    )  # fmt: skip
+    tasks = tl.Tasks(tgid={100: 100}, comm={100: "x"}, targets={100})
+    rows = tl.syscall_rows(calls, tasks, set(), "x86_64")
+    assert sorted(r.pid for r in rows) == [100, 100, 100]
+    assert all(r.count == 1 and r.total_ns == 1 for r in rows)
+
+
+def test_occupancy_keeps_integer_stamps_without_inferred_slices() -> None:
+    """Nanosecond stamps past 2^53 (104 days of uptime) survive: no float64 on the way."""
+    from contend.monitors import timeline as tl
+
+    base = (1 << 53) + 1
+    switch = {
+        "ts": np.array([base, base + 2, base + 4], dtype=np.int64),
+        "cpu": np.zeros(3, dtype=np.int16), "common_pid": np.array([0, 10, 20], np.int32),
+        "prev_pid": np.array([0, 10, 20], np.int32), "prev_state": np.zeros(3, np.int64),
+        "next_pid": np.array([10, 20, 0], np.int32),
+        "prev_comm": np.array([b"swapper/0", b"a", b"b"], dtype="S16"),
+        "next_comm": np.array([b"a", b"b", b"swapper/0"], dtype="S16"),
+    }  # fmt: skip
+    capture = tf.Capture({"sched_switch": switch}, {0: 0})
+    tasks = tl.learn_tasks(capture, tl.Tasks(everyone=True))
+    slices = tl.on_cpu(capture, tasks)
+    assert slices.inferred == 0
+    occ = tl.occupancy(capture, slices)
+    assert occ.start.dtype == np.int64
+    assert list(zip(occ.tid.tolist(), occ.start.tolist(), occ.end.tolist(), strict=True)) == [
+        (10, base, base + 2), (20, base + 2, base + 4)]  # fmt: skip
+
+
 def test_perfetto_document_follows_the_format() -> None:
     import json
 

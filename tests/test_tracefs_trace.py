@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from conftest import contend_command, need
@@ -620,6 +622,75 @@ os.setuid(65534)
 sys.stderr.write(f"uid {os.getuid()} euid {os.geteuid()}\\n")
 sys.exit(main(sys.argv[1:]))
 """
+
+
+REUSE = """
+import os, time
+a = os.open("/etc/hostname", os.O_RDONLY)
+os.close(a)
+b = os.open("/etc/passwd", os.O_RDONLY)  # the same fd number again
+assert a == b
+os.read(b, 10)
+time.sleep(0.3)  # still open when the batch is read
+"""
+
+
+def test_a_reused_fd_is_not_given_the_later_file(root: None) -> None:
+    """Paths come from /proc/PID/fd after the batch: an fd closed and opened again in it
+    names the later file, so the earlier open is left unnamed (said in a note)."""
+    rc, result, err = trace_json("io", "--backend", "tracefs", "--", sys.executable, "-c", REUSE)
+    assert rc == 0, err
+    pid = next(r["pid"] for r in result["io"])
+    mine = {(f["path"], f["op"]): f["count"] for f in result["files"] if f["pid"] == pid}
+    assert mine.get(("/etc/passwd", "openat")) == 1, mine
+    assert mine.get(("/etc/passwd", "read")) == 1, mine
+    assert ("/etc/hostname", "openat") not in mine  # its path could not be known
+    assert any("opened files have no path" in n for n in result["notes"])
+
+
+def test_an_empty_cgroup_is_refused_not_traced_whole(root: None) -> None:
+    """An empty set_event_pid records every task: a target with no process is an error."""
+    need(os.path.isdir("/sys/fs/cgroup"), "needs cgroups")
+    with Sandbox(Limits(1.0, None)) as sandbox:
+        group = sandbox.dirs.get("cpu") or next(iter(sandbox.dirs.values()))
+        done = subprocess.run(
+            [*contend_command(), "trace", "cpu", "--backend", "tracefs", "--cgroup",
+             str(group), "--duration", "1"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
+    assert "no process to trace" in done.stderr
+
+
+def test_a_session_names_calls_with_the_recording_machines_numbers(
+    root: None, tmp_path: Path
+) -> None:
+    """The machine is in the session: the same numbers read as arm64's are other calls."""
+    from contend.monitors.syscalls import table_for
+
+    session = tmp_path / "k.session"
+    done = subprocess.run(
+        [*contend_command(), "record", "-o", str(session), "--", sys.executable, "-c", KNOWN],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 42, done.stderr
+    archive = np.load(session)
+    arrays = {k.removesuffix(".npy"): archive[k] for k in archive.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    assert meta["machine"] == platform.machine() == "x86_64"
+    meta["machine"] = "aarch64"
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    other = tmp_path / "arm.session"
+    with other.open("wb") as f:
+        np.savez_compressed(f, **arrays)
+    report = subprocess.run(
+        [*contend_command(), "report", str(other), "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    names = {r["syscall"] for r in json.loads(report.stdout)["syscalls"]}
+    getsid = {nr for nr, name in table_for("x86_64").items() if name == "getsid"}.pop()
+    assert table_for("aarch64")[getsid] in names and "getsid" not in names
 
 
 def test_report_refuses_what_is_not_a_session(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from contend.collect.procfs import ProcFS
+from contend.collect.procfs import ProcFS, ProcGone
 from contend.errors import ContendError
 
 # The gate: the launched command's first process waits here (same PID) until the tracer
@@ -64,7 +64,7 @@ class Launched:
         if self.proc.poll() is None:
             # Held by pidfds, found before the command dies (then they are reparented):
             # a signal can never reach a recycled PID.
-            family = _pidfds(ProcFS().descendants(self.proc.pid)[1:])
+            family = _pidfds(self.proc.pid)
             try:
                 self.proc.terminate()
                 _signal(family, signal.SIGTERM)
@@ -81,13 +81,27 @@ class Launched:
         return rc if rc >= 0 else 128 - rc
 
 
-def _pidfds(pids: list[int]) -> list[int]:
+def _pidfds(root: int) -> list[int]:
+    """pidfds of `root`'s descendants. A PID read from /proc may be reaped and reused
+    before its pidfd opens: kept only if its parent, read once the pidfd holds it, is
+    still one of the family."""
+    fs = ProcFS()
+    family = fs.descendants(root)
+    members = set(family)
     fds = []
-    for pid in pids:
+    for pid in family[1:]:
         try:
-            fds.append(os.pidfd_open(pid))
+            fd = os.pidfd_open(pid)
         except OSError:
             continue  # gone already
+        try:
+            parent = fs.stat(pid).ppid
+        except (ProcGone, OSError):
+            parent = None
+        if parent in members:
+            fds.append(fd)
+        else:
+            os.close(fd)
     return fds
 
 

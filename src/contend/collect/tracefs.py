@@ -788,8 +788,6 @@ class Tracer:
         tasks to record, with everything they create; None: every task. `comm`: only
         the events of tasks of that name, matched in the kernel on every event."""
         self.instance.create()
-        if follow is not None:
-            self.instance.follow_pids(follow)
         self.specs = [
             s for s in self.specs if not s.optional or self.instance.has_event(s.system, s.name)
         ]
@@ -799,6 +797,10 @@ class Tracer:
                 by_name = comm_filter(self.instance.format(s.system, s.name), comm)
                 expr = by_name if expr is None else f"({expr}) && ({by_name})"
             self.instance.enable(s.system, s.name, expr)
+        # Last, just before tracing starts: event-fork adds a task's children to the list
+        # from here on, and a child forked before tracing is on has no task_newtask.
+        if follow is not None:
+            self.instance.follow_pids(follow)
 
     def add_pids(self, pids: Iterable[int]) -> None:
         for pid in pids:

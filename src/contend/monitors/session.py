@@ -5,7 +5,8 @@ Format ``contend.session/1``: a NumPy ``.npz`` archive (zip, deflate) holding on
 per event column, named ``EVENT/COLUMN``, and ``meta``: UTF-8 JSON with the schema, the
 monitors, the target, the run's duration, exit status and notes, the records lost per
 CPU, every task's tgid and name as known at the end of the run, the initial target
-tasks, and the paths of opened files read from /proc during the run.
+tasks, the paths of opened files read from /proc during the run, and the machine
+(`platform.machine()`: its syscall numbers are used to name the calls).
 
 Changelog: contend.session/1 (0.1.0): first version.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ def save(run: TracefsRun, path: Path) -> None:
         "lost_by_cpu": {str(c): n for c, n in run.capture.lost_by_cpu.items()},
         "records": run.capture.records,
         "tracer_cpu_s": r.overhead.tracer_cpu_s,
+        "machine": platform.machine(),  # syscall numbers differ by architecture
         "everyone": run.tasks.everyone,
         "by_comm": run.tasks.by_comm,
         "targets": sorted(run.tasks.targets),
@@ -97,7 +100,7 @@ def load(path: Path) -> TracefsRun:
         resolve=None,  # another machine: its /proc says nothing about these tasks
     )
     paths = {(int(t), int(ts)): str(p) for t, ts, p in meta["paths"]}
-    run = analyse(tuple(meta["monitors"]), capture, tasks, paths)
+    run = analyse(tuple(meta["monitors"]), capture, tasks, paths, meta.get("machine"))
     run.result = dataclasses.replace(
         run.result,
         target=str(meta["target"]),

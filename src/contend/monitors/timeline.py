@@ -726,7 +726,8 @@ def syscall_rows(
     pids = np.array([tasks.pid_of(t) for t in calls.tid.tolist()], dtype=np.int64)
     dur = np.where(returned, calls.exit - calls.enter, 0)
     err = returned & (calls.ret < 0) & (calls.ret > -4096)
-    key = pids * 4096 + calls.nr
+    # (pid, number) as one key: any number (-1, x32's bit 30) stays with its pid.
+    key = (pids << 32) | (calls.nr & 0xFFFFFFFF)
     rows = []
     keys, inverse = np.unique(key[counted], return_inverse=True)
     if len(keys) == 0:
@@ -739,7 +740,8 @@ def syscall_rows(
     longest = np.zeros(len(keys), dtype=np.int64)
     np.maximum.at(longest, inverse, c_dur)
     for i, k in enumerate(keys.tolist()):
-        pid, nr = divmod(k, 4096)
+        pid, nr = k >> 32, k & 0xFFFFFFFF
+        nr = nr - (1 << 32) if nr >= 1 << 31 else nr
         name = syscall_name(nr, machine)
         rows.append(
             SyscallRow(
@@ -823,7 +825,9 @@ def io_rows(
 # --- process --------------------------------------------------------------------------------
 
 
-def process_events(capture: Capture, tasks: Tasks, calls: Calls) -> list[ProcessEvent]:
+def process_events(
+    capture: Capture, tasks: Tasks, calls: Calls, machine: str | None = None
+) -> list[ProcessEvent]:
     out: list[ProcessEvent] = []
     nt = capture.get("task_newtask")
     for ts, parent, child, flags, comm in zip(
@@ -845,7 +849,7 @@ def process_events(capture: Capture, tasks: Tasks, calls: Calls) -> list[Process
             comm = os.path.basename(str(filename))[:15]
             out.append(ProcessEvent(ts, "exec", tasks.pid_of(tid), tid, None, comm))
     # Exit codes: exit_group's argument for the whole process, exit's for one thread.
-    numbers = {name: nr for nr, name in table_for().items()}
+    numbers = {name: nr for nr, name in table_for(machine).items()}
     group_code: dict[int, tuple[int, int]] = {}  # tgid -> (ts, code)
     thread_code: dict[int, tuple[int, int]] = {}
     for tid, nr, arg0, ts in zip(
@@ -915,14 +919,13 @@ def occupancy(capture: Capture, slices: OnCpu) -> Occupancy:
     order = _by_cpu_then_time(sw)
     ts, cpu, nxt = ts[order], cpu[order], nxt[order]
     pair = (cpu[1:] == cpu[:-1]) & (nxt[:-1] != 0)
-    tid = np.concatenate(
-        [nxt[:-1][pair], slices.tid[-slices.inferred :] if slices.inferred else []]
-    )
-    start = np.concatenate(
-        [ts[:-1][pair], slices.start[-slices.inferred :] if slices.inferred else []]
-    )
-    end = np.concatenate([ts[1:][pair], slices.end[-slices.inferred :] if slices.inferred else []])
-    on = np.concatenate([cpu[1:][pair], slices.cpu[-slices.inferred :] if slices.inferred else []])
+    # The inferred slices are the last ones (an empty int64 slice when there are none:
+    # a [] would make the timestamps float64).
+    inferred = slice(len(slices.tid) - slices.inferred, None)
+    tid = np.concatenate([nxt[:-1][pair], slices.tid[inferred]])
+    start = np.concatenate([ts[:-1][pair], slices.start[inferred]])
+    end = np.concatenate([ts[1:][pair], slices.end[inferred]])
+    on = np.concatenate([cpu[1:][pair], slices.cpu[inferred]])
     o = _by_first_then_second(on, start)
     tid, on, start, end = tid[o], on[o], start[o], end[o]
     # A task whose switch-out the pid filter did not record held the CPU at most until

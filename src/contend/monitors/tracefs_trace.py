@@ -9,13 +9,15 @@ rows as the bpftrace backend.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -53,6 +55,7 @@ READ_INTERVAL_S = 0.1
 MAX_READ_INTERVAL_S = 1.0
 FILL_TARGET = 0.25
 PAGE_KB = 4
+RUNTIME_MIN_NS = 10_000
 
 
 def event_specs(monitors: tuple[str, ...], machine: str | None = None) -> list[tf.EventSpec]:
@@ -70,8 +73,14 @@ def event_specs(monitors: tuple[str, ...], machine: str | None = None) -> list[t
             ),
             tf.EventSpec("sched", "sched_wakeup", ("pid", "target_cpu")),
             tf.EventSpec("sched", "sched_wakeup_new", ("pid", "target_cpu")),
-            # Where a slice began when its switch-in is missing (see timeline.on_cpu).
-            tf.EventSpec("sched", "sched_stat_runtime", ("pid", "runtime"), optional=True),
+            # Where a slice began when its switch-in is missing (see timeline.on_cpu). Not
+            # the updates under RUNTIME_MIN_NS: a thread reading its own CPU clock
+            # (clock_gettime(CLOCK_THREAD_CPUTIME_ID): Python's time.thread_time) makes
+            # one per call, ~1.8M/s from one busy loop here, which no buffer holds.
+            tf.EventSpec(
+                "sched", "sched_stat_runtime", ("pid", "runtime"),
+                f"runtime > {RUNTIME_MIN_NS}", optional=True,
+            ),
         ]  # fmt: skip
     if "process" in chosen:
         specs.append(tf.EventSpec("signal", "signal_deliver", ("sig", "sa_handler")))
@@ -147,41 +156,80 @@ def _initial(opts: TraceOptions, launched: Launched | None, fs: ProcFS) -> dict[
     elif target.comm is not None:
         pids = fs.pids_with_comm(target.comm)
     elif target.cgroup is not None:
-        try:
-            pids = [int(p) for p in (target.cgroup / "cgroup.procs").read_text().split()]
-        except OSError:
-            pids = []
+        pids = _cgroup_pids(target.cgroup)
     else:
         return None
-    return {tid: pid for pid in pids for tid in fs.tids(pid)}
+    initial = {tid: pid for pid in pids for tid in fs.tids(pid)}
+    if not initial and target.comm is None:
+        # An empty set_event_pid would record every task of the machine.
+        raise ContendError(f"{target.describe()}: no process to trace")
+    return initial
+
+
+def _cgroup_pids(cgroup: Path) -> list[int]:
+    """The processes of a cgroup and of the cgroups below it (a container's parent
+    cgroup may hold none itself)."""
+    pids: list[int] = []
+    for directory, _, _ in os.walk(cgroup):
+        try:
+            pids += [int(p) for p in Path(directory, "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return pids
 
 
 def _resolve_opens(tracer: tf.Tracer, paths: dict[tuple[int, int], str], seen: list[int]) -> None:
     """Paths of files opened since the last batch, read from /proc/TID/fd while the
-    task lives: syscall events carry the filename as a user pointer only."""
+    task lives: syscall events carry the filename as a user pointer only. An fd that was
+    closed or opened again later in the batch names another file by now: left out."""
     chunks = tracer.chunks("sys_exit")
     enters = tracer.chunks("sys_enter")
-    opens = set(tl.io_numbers()) & {
-        nr for nr, name in tl.io_numbers().items() if name in ("open", "openat")
-    }
+    names = tl.io_numbers()
+    opens = np.fromiter((nr for nr, n in names.items() if n in ("open", "openat")), np.int64)
+    closes = np.fromiter((nr for nr, n in names.items() if n == "close"), np.int64)
+    owner: dict[int, int] = {}
+
+    def tgid(tid: int) -> int:
+        if tid not in owner:
+            who = thread_owner(tid)
+            owner[tid] = who[0] if who else tid
+        return owner[tid]
+
     for chunk in chunks[seen[0] :]:
         ids, rets = chunk["id"].astype(np.int64), chunk["ret"].astype(np.int64)
         tids, stamps = chunk["common_pid"], chunk["ts"]
-        hit = np.isin(ids.astype(np.int64), np.fromiter(opens, np.int64)) & (rets >= 0)
+        hit = np.isin(ids, opens) & (rets >= 0)
+        # The last open of each (process, fd) in the batch, and when each fd was closed.
+        last: dict[tuple[int, int], tuple[int, int]] = {}
         for tid, fd, ts in zip(
             tids[hit].tolist(), rets[hit].tolist(), stamps[hit].tolist(), strict=True
         ):
+            last[(tgid(tid), fd)] = (tid, ts)
+        closed: dict[tuple[int, int], int] = {}
+        for ech in enters[seen[1] :]:
+            shut = np.isin(ech["id"].astype(np.int64), closes)
+            for tid, fd, ts in zip(
+                ech["common_pid"][shut].tolist(),
+                ech["args[0]"][shut].astype(np.int64).tolist(),
+                ech["ts"][shut].tolist(),
+                strict=True,
+            ):
+                key = (tgid(tid), fd)
+                closed[key] = max(closed.get(key, ts), ts)
+        for (_, fd), (tid, ts) in last.items():
+            if closed.get((tgid(tid), fd), -1) > ts:
+                continue
             try:
                 path = os.readlink(f"/proc/{tid}/fd/{fd}")
             except OSError:
                 continue
             # Keyed by the enter: the latest enter of this thread before the exit.
             for ech in reversed(enters):
-                mine = (ech["common_pid"] == tid) & (ech["ts"] <= ts)
+                mine = (ech["common_pid"] == tid) & (ech["ts"].astype(np.int64) <= ts)
                 if np.any(mine):
                     paths[(tid, int(ech["ts"][mine][-1]))] = path
                     break
-    seen[0] = len(chunks)
+    seen[0], seen[1] = len(chunks), len(enters)
 
 
 def read_interval(elapsed: float, fill: float) -> float:
@@ -202,6 +250,24 @@ def _tasks(initial: dict[int, int] | None, comm: str | None) -> tl.Tasks:
     )
 
 
+@contextlib.contextmanager
+def _draining(tracer: tf.Tracer) -> Iterator[None]:
+    """Meanwhile, a thread reads the buffers every READ_INTERVAL_S."""
+    halt = threading.Event()
+
+    def drain() -> None:
+        while not halt.wait(READ_INTERVAL_S):
+            tracer.poll()
+
+    thread = threading.Thread(target=drain, name="contend-tracefs-drain", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        halt.set()
+        thread.join()
+
+
 def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) -> TracefsRun:
     if opts.target.comm is not None:
         ftrace_string(opts.target.comm)  # refused before anything touches the kernel
@@ -213,7 +279,7 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
     notes: list[str] = []
     exit_status: int | None = None
     paths: dict[tuple[int, int], str] = {}
-    seen = [0]
+    seen = [0, 0]  # the sys_exit and sys_enter batches whose opens were resolved
     cpu0 = time.process_time()
     try:
         initial = _initial(opts, launched, fs)
@@ -242,14 +308,17 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
                     next_read = now + read_interval(now - last_read, tracer.fill)
                 last_read = now
                 if summary and every and opts.on_interval is not None:
-                    # The summary so far: everything decoded, analysed as at the end.
-                    so_far = analyse(
-                        opts.monitors,
-                        tracer.snapshot(),
-                        _tasks(initial, opts.target.comm),
-                        dict(paths),
-                        machine,
-                    )
+                    # The summary so far: everything decoded, analysed as at the end,
+                    # while a thread keeps draining the buffers (it can take seconds).
+                    snap = tracer.snapshot()
+                    with _draining(tracer):
+                        so_far = analyse(
+                            opts.monitors,
+                            snap,
+                            _tasks(initial, opts.target.comm),
+                            dict(paths),
+                            machine,
+                        )
                     opts.on_interval(
                         dataclasses.replace(
                             so_far.result,
@@ -265,9 +334,11 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
         capture = tracer.finish()
         reading_cpu_s = time.process_time() - cpu0
     finally:
-        tracer.close()
-        if launched is not None:
-            exit_status = launched.finish()
+        try:
+            tracer.close()
+        finally:
+            if launched is not None:
+                exit_status = launched.finish()
     run = analyse(opts.monitors, capture, _tasks(initial, opts.target.comm), paths, machine)
     cpu_s = time.process_time() - cpu0
     notes.append(
@@ -365,7 +436,9 @@ def _analyse(
         syscalls=tuple(sys_rows),
         cpu=tuple(cpu_rows),
         preemptors=tuple(preempt),
-        process=tuple(tl.process_events(capture, tasks, calls)) if "process" in chosen else (),
+        process=tuple(tl.process_events(capture, tasks, calls, machine))
+        if "process" in chosen
+        else (),
         process_syscalls=tuple(tl_totals(sys_rows) if sys_rows else tl.syscall_totals(calls, tasks))
         if "process" in chosen
         else (),
