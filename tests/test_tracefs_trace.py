@@ -299,7 +299,9 @@ def test_a_launched_command_ends_with_its_children_at_the_duration(
     assert alive == [], alive
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGKILL]
+)
 def test_nothing_left_in_tracefs_however_it_stops(root: None, sig: int) -> None:
     sleeper = subprocess.Popen(["sleep", "60"])
     proc = subprocess.Popen(

@@ -41,4 +41,9 @@ class PermissionNeeded(ContendError):
 
 
 class Terminated(BaseException):
-    """Raised in the main thread by the SIGTERM handler so that cleanup runs as on Ctrl-C."""
+    """Raised in the main thread by the SIGTERM (SIGHUP, SIGQUIT) handler so that cleanup
+    runs as on Ctrl-C."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -18,7 +18,6 @@ from contend.cli import compare, doctor, dtrace, image, lab, session, trace
 from contend.errors import (
     EXIT_ERROR,
     EXIT_SIGINT,
-    EXIT_SIGTERM,
     EXIT_USAGE,
     ContendError,
     Terminated,
@@ -43,7 +42,12 @@ cli.add_command(session.report)
 
 
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
-    raise Terminated()
+    raise Terminated(signum)
+
+
+# Ended as SIGTERM is: everything borrowed from the kernel is given back first (a hung-up
+# terminal, or Ctrl-\, would otherwise leave a tracefs instance tracing).
+_ENDING = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def error(message: str) -> None:
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     # Named `contend`, not after the interpreter: a script tracing "python" must not
     # trace the tool printing its output (a feedback loop).
     set_comm("contend")
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {sig: signal.signal(sig, _on_sigterm) for sig in _ENDING}
     args = list(sys.argv[1:] if argv is None else argv)
     # `contend trace|record ... -- CMD ARGS`: the command is not click's to parse.
     command: list[str] = []
@@ -89,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted")
         return EXIT_SIGINT
-    except Terminated:
-        error("terminated")
-        return EXIT_SIGTERM
+    except Terminated as e:
+        error("terminated" if e.signum == signal.SIGTERM else f"{signal.Signals(e.signum).name}")
+        return 128 + e.signum
     except BrokenPipeError:
         return EXIT_ERROR
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def entry() -> None:
