@@ -708,3 +708,41 @@ def test_report_refuses_what_is_not_a_session(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 2 and "not text or json" in done.stderr
+
+
+def test_a_damaged_session_is_one_line(root: None, tmp_path: Path) -> None:
+    """Empty, truncated, a column missing or cut short: one line and exit 1, never a
+    traceback (nor click's "interrupted" for an empty file); outputs never overwrite it."""
+    good = tmp_path / "good.session"
+    done = subprocess.run(
+        [*contend_command(), "record", "--duration", "0.5", "-o", str(good), "--", "sleep", "0.2"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    archive = np.load(good)
+    arrays = {k: archive[k] for k in archive.files}
+    damaged = {"empty": b"", "truncated": good.read_bytes()[:5000]}
+    variants = {
+        "no-ts": {k: v for k, v in arrays.items() if k != "sched_switch/ts"},
+        "no-prev": {k: v for k, v in arrays.items() if k != "sched_switch/prev_pid"},
+        "short": {**arrays, "sched_switch/prev_pid": arrays["sched_switch/prev_pid"][:-1]},
+    }
+    for name, content in damaged.items():
+        (tmp_path / f"{name}.session").write_bytes(content)
+    for name, columns in variants.items():
+        with (tmp_path / f"{name}.session").open("wb") as f:
+            np.savez(f, **columns)
+    for name in [*damaged, *variants]:
+        done = subprocess.run(
+            [*contend_command(), "report", str(tmp_path / f"{name}.session")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, (name, done.stderr)
+        assert "contend session" in done.stderr, (name, done.stderr)
+    for flag in ("-o", "--perfetto", "--html"):
+        done = subprocess.run(
+            [*contend_command(), "report", str(good), flag, str(good)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2 and "is also the input" in done.stderr, done.stderr
+    assert np.load(good).files == archive.files  # untouched

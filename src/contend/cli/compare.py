@@ -8,16 +8,25 @@ from pathlib import Path
 import click
 
 from contend.analysis.compare import compare_arms
-from contend.cli.console import check_output_path, stdout_console
+from contend.cli.console import check_distinct, check_output_path, stdout_console, write_output
 from contend.errors import UsageError
 from contend.model import Comparison, LabResult, SchemaError, lab_from_json_dict
 from contend.render import html as render_html
 from contend.render import json as render_json
 from contend.render import text as render_text
 
+# A lab result is tens to hundreds of KB; a file past this is not one (and /dev/zero
+# would be read until memory runs out).
+MAX_RESULT_BYTES = 256 << 20
+
 
 def load_lab(path: str) -> LabResult:
     try:
+        if not Path(path).is_file():
+            raise UsageError(f"{path}: not a regular file" if Path(path).exists() else
+                             f"{path}: no such file")  # fmt: skip
+        if Path(path).stat().st_size > MAX_RESULT_BYTES:
+            raise UsageError(f"{path}: larger than {MAX_RESULT_BYTES >> 20} MB: not a lab result")
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
@@ -29,8 +38,8 @@ def load_lab(path: str) -> LabResult:
         raise UsageError(f"{path}: not a contend result")
     try:
         return lab_from_json_dict(data)
-    except (SchemaError, KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"{path}: {e}") from None
+    except (SchemaError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UsageError(f"{path}: not a contend lab result ({type(e).__name__}: {e})") from None
 
 
 def comparisons(
@@ -72,17 +81,20 @@ def comparisons(
 def command(a: str, b: str | None, arm: str | None, fmt: str, html_path: str | None) -> int:
     """Compare two lab results (`contend lab --json`), arm by arm; or, given one, its
     baseline with each other arm. Effect sizes, Mann-Whitney tests, one conclusion."""
+    if html_path is not None:
+        check_output_path("--html", html_path)
+        check_distinct([a] + ([b] if b is not None else []), {"--html": html_path})
     first = load_lab(a)
     second = load_lab(b) if b is not None else None
     names = (Path(a).name, Path(b).name if b else "")
     found = comparisons(first, second, arm, names)
-    if html_path is not None:
-        check_output_path("--html", html_path)
     if fmt == "json":
         click.echo(render_json.render_comparisons(found), nl=False)
     else:
         stdout_console().print(*(render_text.comparison_renderable(c) for c in found))
     if html_path is not None:
         results = [first] if second is None else [first, second]
-        Path(html_path).write_text(render_html.render(results, found, title="contend compare"))
+        write_output(
+            "--html", html_path, render_html.render(results, found, title="contend compare")
+        )
     return 0

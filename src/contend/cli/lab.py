@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from contend.cli.console import check_output_path, stdout_console
+from contend.cli.console import check_distinct, check_output_path, stdout_console, write_output
 from contend.collect import tracefs
 from contend.errors import PermissionNeeded, UsageError
 from contend.lab.app import DEFAULT_N, MAX_N
@@ -167,6 +167,7 @@ def command(
         check_output_path("--json", json_path)
     if html_path is not None:
         check_output_path("--html", html_path)
+    check_distinct([], {"--json": json_path, "--html": html_path, "--perfetto": perfetto_path})
     stderr = Console(stderr=True)
     with Progress(
         TextColumn("{task.description:<28}"),
@@ -180,11 +181,11 @@ def command(
         result = run_lab(options, RichProgress(bar), timelines)
     stdout_console().print(render_text.lab_renderable(result))
     if perfetto_path is not None:
-        Path(perfetto_path).write_text(perfetto.render_lab(timelines))
+        write_output("--perfetto", perfetto_path, perfetto.render_lab(timelines))
     if json_path is not None:
-        Path(json_path).write_text(render_json.render_lab(result))
+        write_output("--json", json_path, render_json.render_lab(result))
     if html_path is not None:
-        Path(html_path).write_text(render_html.render([result]))
+        write_output("--html", html_path, render_html.render([result]))
     return 0
 
 

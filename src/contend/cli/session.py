@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from contend.cli.console import check_distinct, check_output_path, write_output
 from contend.cli.trace import _emit, cli_target
 from contend.errors import UsageError
 from contend.monitors import MONITORS, TraceOptions
@@ -15,13 +16,6 @@ from contend.monitors.tracefs_trace import check_available, run_tracefs
 from contend.render import html as render_html
 from contend.render import perfetto
 from contend.target import parse_duration, parse_positive_int
-
-
-def _writable(flag: str, path: str) -> Path:
-    out = Path(path)
-    if not out.resolve().parent.is_dir():
-        raise UsageError(f"{flag}: directory {out.resolve().parent} does not exist")
-    return out
 
 
 @click.command("record")
@@ -45,7 +39,7 @@ def record(
 ) -> int:
     """Record every event of a target (tracefs backend) into a session file; `-- CMD`
     launches CMD and records it from its first instruction."""
-    out = _writable("-o", output)
+    out = check_output_path("-o", output)
     command_args = tuple((ctx.obj or {}).get("command", ()))
     target = cli_target(pids, comm, cgroup, container, command_args)
     seconds = parse_duration("--duration", duration, 0.1, 86400 * 7) if duration else None
@@ -79,16 +73,17 @@ def report(
         raise UsageError(f"--format: {fmt!r} is not text or json")
     if not Path(session_file).is_file():
         raise UsageError(f"{session_file}: no such file")
-    if output is not None:
-        _writable("-o", output)
-    if perfetto_file is not None:
-        _writable("--perfetto", perfetto_file)
-    if html_file is not None:
-        _writable("--html", html_file)
+    outputs = {"-o": output, "--perfetto": perfetto_file, "--html": html_file}
+    for option, path in outputs.items():
+        if path is not None:
+            check_output_path(option, path)
+    check_distinct([session_file], outputs)
     run = sessions.load(Path(session_file))
     if html_file is not None:
-        Path(html_file).write_text(render_html.render_trace(run.result))
+        write_output("--html", html_file, render_html.render_trace(run.result))
     if perfetto_file is not None:
-        Path(perfetto_file).write_text(perfetto.render(run.timeline(), run.result.target))
+        write_output(
+            "--perfetto", perfetto_file, perfetto.render(run.timeline(), run.result.target)
+        )
     _emit(run.result, fmt, output)
     return 0

@@ -6,12 +6,12 @@ import dataclasses
 import json
 import platform
 import sys
-from pathlib import Path
 
 import click
 
 from contend.analysis.metrics import busy_fairness
 from contend.analysis.sampled_trace import trace_result
+from contend.cli.console import check_distinct, check_output_path, write_output
 from contend.collect import bpftrace as bt
 from contend.collect import containers
 from contend.collect.cgroups import detect_layout
@@ -132,8 +132,8 @@ def command(
     command_args = tuple((ctx.obj or {}).get("command", ()))
     target = cli_target(pids, comm, cgroup, container, command_args)
     seconds = parse_duration("--duration", duration, 0.1, 86400 * 7) if duration else None
-    if output is not None and not Path(output).resolve().parent.is_dir():
-        raise UsageError(f"-o: directory {Path(output).resolve().parent} does not exist")
+    if output is not None:
+        check_output_path("-o", output)
     pages = None
     if buffer_pages is not None:
         pages = parse_positive_int("--buffer-pages", buffer_pages, 1, 65536)
@@ -159,17 +159,17 @@ def command(
             raise UsageError("--perfetto needs --backend tracefs (every scheduling event)")
         if "cpu" not in chosen:
             raise UsageError("--perfetto draws the cpu monitor's events: add the cpu monitor")
-        if not Path(perfetto_file).resolve().parent.is_dir():
-            raise UsageError(
-                f"--perfetto: directory {Path(perfetto_file).resolve().parent} does not exist"
-            )
+        check_output_path("--perfetto", perfetto_file)
+        check_distinct([], {"-o": output, "--perfetto": perfetto_file})
     if backend == "tracefs":
         check_available()
         if every is not None:
             opts.on_interval = lambda so_far: _print_interval(so_far, fmt)
         run = run_tracefs(opts)
         if perfetto_file is not None:
-            Path(perfetto_file).write_text(perfetto.render(run.timeline(), run.result.target))
+            write_output(
+                "--perfetto", perfetto_file, perfetto.render(run.timeline(), run.result.target)
+            )
         if events and fmt == "text":
             # Read in batches: the lines come at the end, from the whole timeline.
             for ev in run.events(platform.machine()):
@@ -203,7 +203,7 @@ def _emit(result: TraceResult, fmt: str, output: str | None) -> int:
         result = dataclasses.replace(result, fairness_index=busy_fairness(threads))
     text = dumps(result.to_json_dict()) if fmt == "json" else trace_text.render(result)
     if output is not None:
-        Path(output).write_text(text)
+        write_output("-o", output, text)
     else:
         sys.stdout.write(text)
     return result.exit_status if result.exit_status is not None else 0

@@ -24,6 +24,7 @@ import numpy as np
 
 from contend.collect.tracefs import Capture, Columns
 from contend.errors import ContendError
+from contend.monitors import MONITORS
 from contend.monitors import timeline as tl
 from contend.monitors.tracefs_trace import TracefsRun, analyse
 
@@ -75,32 +76,18 @@ def save(run: TracefsRun, path: Path) -> None:
 
 def load(path: Path) -> TracefsRun:
     try:
-        archive = np.load(path, allow_pickle=False)
-        meta = json.loads(bytes(archive["meta"]).decode())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        capture, tasks, paths, meta = _read(path)
+    except ContendError:
+        raise
+    except Exception as e:  # a damaged file can fail anywhere in zip, npy or JSON
         raise ContendError(f"{path}: not a contend session file ({type(e).__name__})") from None
-    if meta.get("schema") != SCHEMA_SESSION:
-        raise ContendError(f"{path}: schema {meta.get('schema')!r}, expected {SCHEMA_SESSION}")
-    events: dict[str, Columns] = {}
-    for key in archive.files:
-        if "/" in key:
-            event, name = key.split("/", 1)
-            events.setdefault(event, {})[name] = archive[key]
-    capture = Capture(
-        events,
-        {int(c): int(n) for c, n in meta["lost_by_cpu"].items()},
-        records=int(meta["records"]),
-    )
-    tasks = tl.Tasks(
-        tgid={int(t): int(p) for t, p in meta["tgid"].items()},
-        comm={int(t): str(c) for t, c in meta["comm"].items()},
-        targets={int(t) for t in meta["targets"]},
-        everyone=bool(meta["everyone"]),
-        by_comm=meta.get("by_comm"),
-        resolve=None,  # another machine: its /proc says nothing about these tasks
-    )
-    paths = {(int(t), int(ts)): str(p) for t, ts, p in meta["paths"]}
-    run = analyse(tuple(meta["monitors"]), capture, tasks, paths, meta.get("machine"))
+    try:
+        run = analyse(tuple(meta["monitors"]), capture, tasks, paths, meta.get("machine"))
+    except (IndexError, KeyError, ValueError, TypeError) as e:
+        # Columns the analysis needs are missing or do not fit together.
+        raise ContendError(
+            f"{path}: not a consistent contend session ({type(e).__name__})"
+        ) from None
     run.result = dataclasses.replace(
         run.result,
         target=str(meta["target"]),
@@ -110,3 +97,49 @@ def load(path: Path) -> TracefsRun:
         overhead=dataclasses.replace(run.result.overhead, tracer_cpu_s=meta["tracer_cpu_s"]),
     )
     return run
+
+
+def _read(
+    path: Path,
+) -> tuple[Capture, tl.Tasks, dict[tuple[int, int], str], dict[str, Any]]:
+    """The file's events and metadata, checked: every column read (CRCs), each event's
+    columns of one length, integer stamps, the metadata's types."""
+    archive = np.load(path, allow_pickle=False)
+    meta = json.loads(bytes(archive["meta"]).decode())
+    if not isinstance(meta, dict):
+        raise ValueError("meta is not an object")
+    if meta.get("schema") != SCHEMA_SESSION:
+        raise ContendError(f"{path}: schema {meta.get('schema')!r}, expected {SCHEMA_SESSION}")
+    events: dict[str, Columns] = {}
+    for key in archive.files:
+        if "/" in key:
+            event, name = key.split("/", 1)
+            events.setdefault(event, {})[name] = archive[key]
+    for event, cols in events.items():
+        if len({len(c) for c in cols.values()}) != 1 or "ts" not in cols:
+            raise ValueError(f"{event}: columns of different lengths")
+        if cols["ts"].dtype.kind not in "iu":
+            raise ValueError(f"{event}: timestamps are not integers")
+    monitors = tuple(str(m) for m in meta["monitors"])
+    if not monitors or not set(monitors) <= set(MONITORS):
+        raise ValueError("unknown monitors")
+    duration = float(meta["duration_s"])
+    if not duration >= 0:
+        raise ValueError("negative duration")
+    if not isinstance(meta["notes"], list):
+        raise ValueError("notes")
+    capture = Capture(
+        events,
+        {int(c): int(n) for c, n in dict(meta["lost_by_cpu"]).items()},
+        records=int(meta["records"]),
+    )
+    tasks = tl.Tasks(
+        tgid={int(t): int(p) for t, p in dict(meta["tgid"]).items()},
+        comm={int(t): str(c) for t, c in dict(meta["comm"]).items()},
+        targets={int(t) for t in meta["targets"]},
+        everyone=bool(meta["everyone"]),
+        by_comm=meta.get("by_comm"),
+        resolve=None,  # another machine: its /proc says nothing about these tasks
+    )
+    paths = {(int(t), int(ts)): str(p) for t, ts, p in meta["paths"]}
+    return capture, tasks, paths, meta
