@@ -167,6 +167,26 @@ def _busy_pinned(cpu: int) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.parametrize("monitors", [("cpu",), ("all",)])
+def test_the_whole_system_is_traced_when_no_target_is_given(
+    kernel_tracing: None, monitors: tuple[str, ...]
+) -> None:
+    """No target: the programs' predicate is `1`, which bpftrace 0.17 compiled into code
+    the verifier rejected for sched_switch (a compile check does not run the verifier)."""
+    loop = _busy_pinned(1)
+    try:
+        time.sleep(0.3)
+        rc, result, err = trace_json(*monitors, "--duration", "1.5")
+    finally:
+        loop.kill()
+        loop.wait()
+    assert rc == 0, err
+    assert "no target given: the whole system was traced" in result["notes"]
+    row = next(r for r in result["cpu"] if r["pid"] == loop.pid)
+    assert row["on_cpu_ns"] >= 0.4 * result["duration_s"] * 1e9, row
+    assert len({r["pid"] for r in result["cpu"]}) >= 3
+
+
 def test_two_pinned_busy_loops_share_one_cpu(kernel_tracing: None) -> None:
     procs = [_busy_pinned(0), _busy_pinned(0)]
     fs = ProcFS()

@@ -24,7 +24,7 @@ NAME = "cpu"
 def fragment(pred: Predicate, events: bool = False) -> str:
     cond = pred.expr or "1"
     on_event = (
-        '    printf("contend-cpu on %llu %d %d 0 %s\\n", nsecs, $np, args->next_pid, args->next_comm);\n'
+        '    printf("contend-cpu on %llu %d %d 0 %s\\n", nsecs, $np, $next_pid, args->next_comm);\n'
         if events
         else ""
     )
@@ -41,6 +41,9 @@ def fragment(pred: Predicate, events: bool = False) -> str:
         "  if ($flags & 0x10000) { @contend_tgid[$child] = pid; } else { @contend_tgid[$child] = $child; }\n"
         "}\n"
         "tracepoint:sched:sched_switch {\n"
+        # Copied first here too: with no target (`if (1)`) 0.17's code reads ctx through
+        # a moved pointer in the branches below ("dereference of modified ctx ptr").
+        "  $next_pid = args->next_pid; $prev_state = args->prev_state;\n"
         f"  if ({cond}) {{\n"
         "    @contend_tgid[tid] = pid;\n"
         "    $on = @contend_on[tid];\n"
@@ -50,23 +53,21 @@ def fragment(pred: Predicate, events: bool = False) -> str:
         "      @cpu_slices[pid, tid] = count();\n"
         "      @cpu_slice_us = hist($d / 1000);\n" + off_event + "      delete(@contend_on[tid]);\n"
         "    }\n"
-        "    if ((args->prev_state & 0xff) == 0) {\n"
+        "    if (($prev_state & 0xff) == 0) {\n"
         "      @cpu_invol[pid, tid] = count();\n"
         "      @contend_rq[tid] = nsecs;\n"
-        "      @cpu_preempted_by[args->next_pid, args->next_comm] = count();\n"
+        "      @cpu_preempted_by[$next_pid, args->next_comm] = count();\n"
         "    } else {\n"
         "      @cpu_vol[pid, tid] = count();\n"
         "    }\n"
         "  }\n"
-        "  $np = @contend_tgid[args->next_pid];\n"
+        "  $np = @contend_tgid[$next_pid];\n"
         "  if ($np) {\n"
-        "    @contend_on[args->next_pid] = nsecs;\n"
-        + on_event
-        + "    $w = @contend_rq[args->next_pid];\n"
+        "    @contend_on[$next_pid] = nsecs;\n" + on_event + "    $w = @contend_rq[$next_pid];\n"
         "    if ($w) {\n"
-        "      @cpu_rq[$np, args->next_pid] = stats(nsecs - $w);\n"
+        "      @cpu_rq[$np, $next_pid] = stats(nsecs - $w);\n"
         "      @cpu_rq_us = hist((nsecs - $w) / 1000);\n"
-        "      delete(@contend_rq[args->next_pid]);\n"
+        "      delete(@contend_rq[$next_pid]);\n"
         "    }\n"
         "  }\n"
         "}\n"
