@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -54,6 +55,48 @@ def test_lab_bad_input(args: list[str], message: str) -> None:
     assert message in lines[0]
     assert "Traceback" not in done.stderr + done.stdout
     assert contend_cgroups() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trace", "cpu", "--duration", ""], "--duration: '' is not a number of seconds"),
+        (["trace", "cpu", "--interval", ""], "--interval: '' is not a number of seconds"),
+        (["trace", "cpu", "--cgroup", ""], "--cgroup: empty path"),
+        (["trace", "cpu", "-o", "/"], "-o: / is a directory"),
+        (["trace", "cpu", "-o", ""], "-o: empty path"),
+        (["record", "-o", "/tmp/x.session", "--buffer-pages", "3"], "is not a power of 2"),
+        (["compare", "/dev/zero"], "/dev/zero: not a regular file"),
+    ],
+)
+def test_trace_record_compare_bad_input(args: list[str], message: str) -> None:
+    """Each one line and exit 2, before anything runs (found by a review)."""
+    done = run(*args)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("contend: error: "), done.stderr
+    assert message in lines[0]
+
+
+def test_a_thread_id_is_not_a_pid() -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import threading, time\n"
+         "t = threading.Thread(target=time.sleep, args=(30,)); t.start()\n"
+         "print(t.native_id, flush=True); t.join()"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        tid = holder.stdout.readline().strip()
+        done = run("trace", "cpu", "--pid", tid, "--backend", "procfs", "--duration", "0.2")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2
+    assert f"--pid: {tid} is a thread of process {holder.pid}; give --pid {holder.pid}" in (
+        done.stderr
+    )
 
 
 def test_unknown_subcommand_is_one_line() -> None:

@@ -166,15 +166,33 @@ def resolve_target(
             pid = parse_positive_int("--pid", raw, 1, 1 << 22)
             if not os.path.isdir(f"{proc_root}/{pid}"):
                 raise UsageError(f"--pid: no process with PID {pid}")
+            owner = _thread_group(proc_root, pid)
+            if owner is not None and owner != pid:
+                # /proc/TID resolves a thread too; a process is what --pid means.
+                raise UsageError(f"--pid: {pid} is a thread of process {owner}; give --pid {owner}")
             numbers.append(pid)
         return Target(pids=tuple(sorted(set(numbers))))
     if comm is not None:
         return Target(comm=validate_comm(comm))
     if cgroup is not None:
+        if not cgroup:
+            raise UsageError("--cgroup: empty path")
         return _resolve_cgroup(cgroup, cgroup_roots, cgroup2_root)
     if command:
         return Target(command=tuple(command))
     return Target()
+
+
+def _thread_group(proc_root: str, pid: int) -> int | None:
+    """The Tgid in /proc/PID/status (fs/proc/array.c); None if unreadable."""
+    try:
+        with open(f"{proc_root}/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _resolve_cgroup(raw: str, roots: tuple[Path, ...], cgroup2_root: Path | None) -> Target:

@@ -42,8 +42,14 @@ def record(
     out = check_output_path("-o", output)
     command_args = tuple((ctx.obj or {}).get("command", ()))
     target = cli_target(pids, comm, cgroup, container, command_args)
-    seconds = parse_duration("--duration", duration, 0.1, 86400 * 7) if duration else None
-    pages = parse_positive_int("--buffer-pages", buffer_pages, 1, 1 << 20) if buffer_pages else None
+    seconds = (
+        parse_duration("--duration", duration, 0.1, 86400 * 7) if duration is not None else None
+    )
+    pages = None
+    if buffer_pages is not None:
+        pages = parse_positive_int("--buffer-pages", buffer_pages, 1, 65536)
+        if pages & (pages - 1):
+            raise UsageError(f"--buffer-pages: {pages} is not a power of 2")
     check_available()
     run = run_tracefs(TraceOptions(MONITORS, target, seconds, buffer_pages=pages))
     sessions.save(run, out)

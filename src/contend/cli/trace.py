@@ -131,7 +131,9 @@ def command(
         raise UsageError(f"--format: {fmt!r} is not text or json")
     command_args = tuple((ctx.obj or {}).get("command", ()))
     target = cli_target(pids, comm, cgroup, container, command_args)
-    seconds = parse_duration("--duration", duration, 0.1, 86400 * 7) if duration else None
+    seconds = (
+        parse_duration("--duration", duration, 0.1, 86400 * 7) if duration is not None else None
+    )
     if output is not None:
         check_output_path("-o", output)
     pages = None
@@ -139,7 +141,7 @@ def command(
         pages = parse_positive_int("--buffer-pages", buffer_pages, 1, 65536)
         if pages & (pages - 1):
             raise UsageError(f"--buffer-pages: {pages} is not a power of 2")
-    every = parse_duration("--interval", interval, 0.1, 86400) if interval else None
+    every = parse_duration("--interval", interval, 0.1, 86400) if interval is not None else None
     if latency not in ("sampled", "exact"):
         raise UsageError(f"--latency: {latency!r} is not sampled or exact")
     opts = TraceOptions(
