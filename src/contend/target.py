@@ -140,7 +140,7 @@ def ftrace_string(comm: str) -> str:
     if bad:
         raise UsageError(
             f"--comm: {comm!r} has {' '.join(bad)}, which ftrace's filters cannot match "
-            "literally; use --backend bpftrace, or --pid"
+            "literally; give --pid, or trace it with --backend bpftrace"
         )
     return f'"{comm}"'
 

@@ -27,7 +27,9 @@ def command(as_json: bool, cleanup: bool) -> int:
         if not ok:
             raise PermissionNeeded(f"--cleanup: {why}")
         removed = tracefs.reclaim()
-        if removed:
+        if as_json:
+            click.echo(json.dumps({"removed": removed}, indent=2))
+        elif removed:
             click.echo(
                 f"removed {len(removed)} tracefs instance(s) of dead contend runs: "
                 + ", ".join(removed)

@@ -62,6 +62,8 @@ def command(
             source = path.read_text()
         except OSError as e:
             raise UsageError(f"-s: cannot read {script_path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"-s: {script_path} is not a text file (a D script)") from None
         filename = path.name
     else:
         assert clause is not None
@@ -75,7 +77,10 @@ def command(
         if not Path(f"/proc/{target_pid}").is_dir():
             raise UsageError(f"-p: no process with PID {target_pid}")
     if command is not None:
-        argv = tuple(shlex.split(command))
+        try:
+            argv = tuple(shlex.split(command))
+        except ValueError as e:
+            raise UsageError(f"-c: {e}") from None
         if not argv:
             raise UsageError("-c: empty command")
         target_pid = 0  # replaced by the launched process's PID below

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from contend.collect.procfs import ProcFS, ProcGone
 from contend.errors import ContendError
@@ -127,6 +128,11 @@ def launch(command: tuple[str, ...]) -> Launched:
     # Resolve the path here, so that the traced process makes one execve, not a PATH search.
     path = shutil.which(command[0])
     if path is None:
+        # As a shell says it: a file that is there but cannot be run is 126, not 127.
+        given = Path(command[0])
+        if "/" in command[0] and given.exists():
+            why = "is a directory" if given.is_dir() else "permission denied"
+            raise ContendError(f"cannot run {command[0]}: {why}", exit_code=126)
         raise ContendError(f"command not found: {command[0]}", exit_code=127)
     r, w = os.pipe()
     try:
