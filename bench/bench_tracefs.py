@@ -7,8 +7,8 @@
    real pages replicated: decoded in batches as a run decodes them, analysed (slices,
    waits, occupancy, the longest waits), saved, then `contend report FILE` on it in a
    fresh process, timed end to end.
-3. At the issue's event rate: a pipe ping-pong paced to about 60k events/s (11k round
-   trips/s), then to 20k round trips/s; `contend trace cpu --backend tracefs` on it: its
+3. At the issue's event rate: a pipe ping-pong paced to 11k round trips/s, then to 20k
+   (about 60k events/s in all); `contend trace cpu --backend tracefs` on it: its
    CPU time (% of one core; while tracing, and in all), events, losses; then `perf sched
    record -a` on the same workload for the same time: perf's CPU, and the time `perf
    sched timehist` takes to analyse what it wrote.
@@ -279,7 +279,7 @@ def main() -> None:
     ap.add_argument("--analyse", type=int, default=10_000_000)
     ap.add_argument(
         "--rates", default="11000,20000",
-        help="ping-pong round trips/s, comma-separated (11k: about 60k events/s in all)",
+        help="ping-pong round trips/s, comma-separated (20k: about 60k events/s in all)",
     )  # fmt: skip
     ap.add_argument("--only-rate", action="store_true", help="only the lab's rate")
     ap.add_argument("--only-session", action="store_true", help="only the session")
