@@ -266,6 +266,25 @@ def test_comm_is_a_parameter_never_code(kernel_tracing: None) -> None:
     assert done.returncode == 2 and "longer than 15 bytes" in done.stderr
 
 
+def test_a_non_ascii_name_comes_back_as_itself(kernel_tracing: None, tmp_path: Path) -> None:
+    """bpftrace 0.17's JSON writes bytes >= 0x80 as "\\uffffffc3": read back as UTF-8."""
+    named = tmp_path / "héllo"
+    named.symlink_to(sys.executable)
+    proc = subprocess.Popen(
+        [str(named), "-c", "import os, time\nfor _ in range(1000):\n    os.getsid(0)\n"
+         "    time.sleep(0.01)\n"],
+    )  # fmt: skip
+    try:
+        rc, result, err = trace_json("syscalls", "--comm", "héllo", "--duration", "1.5")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert rc == 0, err
+    rows = [r for r in result["syscalls"] if r["syscall"] == "getsid"]
+    assert [(r["comm"], r["pid"]) for r in rows] == [("héllo", proc.pid)]
+    assert rows[0]["count"] >= 50
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_no_bpftrace_outlives_contend(kernel_tracing: None, sig: int) -> None:
     assert pgrep("bpftrace") == []

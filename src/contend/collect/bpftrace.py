@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -162,6 +163,23 @@ class Output:
     errors: list[str] = field(default_factory=list)
 
 
+# bpftrace 0.17's JSON writes a string's bytes >= 0x80 as a sign-extended char,
+# "\uffffffc3" (not JSON): read as the byte, and a name's UTF-8 decoded.
+_SIGNED_BYTE = re.compile(r"\\uffffff([0-9a-fA-F]{2})")
+
+
+def _utf8(value: Any) -> Any:
+    if isinstance(value, str):
+        if any("\x80" <= ch <= "\xff" for ch in value) and max(map(ord, value)) < 0x100:
+            return value.encode("latin-1").decode("utf-8", errors="replace")
+        return value
+    if isinstance(value, dict):
+        return {_utf8(k): _utf8(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_utf8(v) for v in value]
+    return value
+
+
 def _harmless(line: str) -> bool:
     # Where the memlock limit cannot be raised, bpftrace says so and goes on: kernels
     # since 5.11 charge BPF memory to the memory cgroup instead.
@@ -259,7 +277,7 @@ class Bpftrace:
             if not line:
                 continue
             try:
-                record = json.loads(line)
+                record = _utf8(json.loads(_SIGNED_BYTE.sub(r"\\u00\1", line)))
             except json.JSONDecodeError:
                 out.errors.append(line)
                 continue
