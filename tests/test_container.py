@@ -838,6 +838,15 @@ def test_lab_engine_runs_each_arm_in_a_container(built_image: Built, tmp_path: P
 
 
 @pytest.mark.kernel
+def _end_lab(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    """Whatever a lab test did: the lab ended and its containers removed."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for name in _lab_containers(proc.pid):
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True)
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_lab_engine_removes_its_container_on_a_signal(
     built_image: Built, sig: signal.Signals, code: int
@@ -869,11 +878,7 @@ def test_lab_engine_removes_its_container_on_a_signal(
         assert _lab_containers(proc.pid) == []
         assert dirs and not [d for d in dirs if d.exists()]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for name in _lab_containers(proc.pid):
-            subprocess.run(["podman", "rm", "-f", name], capture_output=True)
+        _end_lab(proc)
 
 
 @pytest.mark.kernel
@@ -898,11 +903,7 @@ def test_lab_engine_reclaims_the_container_of_a_sigkilled_run(built_image: Built
         assert reclaim_stale(engines.find("podman")) == names
         assert _lab_containers(proc.pid) == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for name in _lab_containers(proc.pid):
-            subprocess.run(["podman", "rm", "-f", name], capture_output=True)
+        _end_lab(proc)
 
 
 @pytest.mark.kernel
