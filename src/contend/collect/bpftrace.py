@@ -277,7 +277,10 @@ class Bpftrace:
             if not line:
                 continue
             try:
-                record = _utf8(json.loads(_SIGNED_BYTE.sub(r"\\u00\1", line)))
+                fixed, signed = _SIGNED_BYTE.subn(r"\\u00\1", line)
+                record = json.loads(fixed)
+                if signed:  # rare: only then is every string looked at
+                    record = _utf8(record)
             except json.JSONDecodeError:
                 out.errors.append(line)
                 continue
