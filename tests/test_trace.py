@@ -494,6 +494,24 @@ def test_unknown_container_is_one_clear_line() -> None:
     assert bad.returncode == 2 and "is not a container name or ID" in bad.stderr
 
 
+def test_sampled_rows_name_a_call_timed_but_not_counted() -> None:
+    """Sampled latency: counts come from entries, times from returns; a call entered
+    before the trace (number -1 here, as seen tracing the whole system) is timed only.
+    It used to be a KeyError on its name."""
+    from contend.collect.bpftrace import Output
+    from contend.monitors import syscalls
+
+    out = Output(
+        maps={"@sys_count": {"7,0,cat": 16}},
+        stats={"@sys_time": {"7,0,cat": {"count": 1, "total": 500, "average": 500},
+                             "7,-1,cat": {"count": 1, "total": 90, "average": 90}}},
+    )  # fmt: skip
+    rows = {r.syscall: r for r in syscalls.rows(out, machine="x86_64")}
+    assert rows["read"].count == 16 and rows["read"].comm == "cat"
+    (other,) = [r for r in rows.values() if r.syscall != "read"]
+    assert (other.pid, other.comm, other.count, other.timed) == (7, "cat", 0, 1)
+
+
 def test_sampled_latency_times_a_sixteenth_and_exact_times_all(
     known_run: tuple[int, dict[str, Any]],
 ) -> None:

@@ -145,9 +145,11 @@ def rows(
         c = counts.setdefault(k, [0, 0, 0])
         timed_calls[k] = timed_calls.get(k, 0) + int(st.get("count", 0))
         c[1] += int(st.get("total", 0))
+        # Sampled: the counts come from @sys_count below; the name is kept here too, for a
+        # call timed but not counted at its entry (entered before the trace began).
+        name_it(k, comm, 0 if sampled else int(st.get("count", 0)))
         if not sampled:
             c[0] += int(st.get("count", 0))
-            name_it(k, comm, int(st.get("count", 0)))
     for key, n in out.maps.get("@sys_count", {}).items():  # sampled mode: counted at entry
         pid_s, nr_s, comm = split_key(key, 3)
         k = (int(pid_s), int(nr_s))
