@@ -39,23 +39,7 @@ from contend.target import ftrace_string
 TRACEFS = Path("/sys/kernel/tracing")
 INSTANCE_PREFIX = "contend-"
 _INSTANCE_RE = re.compile(r"^contend-(\d+)$")
-DEFAULT_BUFFER_KB = 8192  # per CPU: ~64k sched_switch records, 1 s at 60k events/s/CPU
-
-# The events the monitors read (Documentation/trace/events.rst; include/trace/events/).
-SCHED_EVENTS = (
-    ("sched", "sched_switch"),
-    ("sched", "sched_wakeup"),
-    ("sched", "sched_wakeup_new"),
-    ("task", "task_newtask"),
-)
-LIFECYCLE_EVENTS = (
-    ("sched", "sched_process_exec"),
-    ("sched", "sched_process_exit"),
-    # The exit status is not in sched_process_exit (kernel 6.18): a fatal signal's number
-    # comes from signal_deliver, a code from the exit/exit_group syscall's argument.
-    ("signal", "signal_deliver"),
-)
-SYSCALL_EVENTS = (("raw_syscalls", "sys_enter"), ("raw_syscalls", "sys_exit"))
+DEFAULT_BUFFER_KB = 4096  # per CPU: ~64k sched_switch records, 1 s at 60k events/s/CPU
 
 
 # --- format files: pure parsers ---------------------------------------------------------
