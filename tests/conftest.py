@@ -62,3 +62,21 @@ def pgrep(name: str) -> list[int]:
 
 def contend_command() -> list[str]:
     return [sys.executable, "-m", "contend"]
+
+
+# Every module imported first (their files may not be readable by nobody), then root is
+# dropped for good, then the CLI runs.
+AS_NOBODY = """
+import os, pkgutil, importlib, sys
+import encodings.cp437, zipfile  # read by numpy.load: /root/.pyenv is not for nobody
+import contend
+for m in pkgutil.walk_packages(contend.__path__, "contend."):
+    if not m.name.endswith("__main__"):
+        importlib.import_module(m.name)
+from contend.cli import main
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+sys.stderr.write(f"uid {os.getuid()} euid {os.geteuid()}\\n")
+sys.exit(main(sys.argv[1:]))
+"""

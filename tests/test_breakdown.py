@@ -39,29 +39,30 @@ def test_shares_add_up_and_runnable_is_split_by_occupant() -> None:
     assert got == {
         ("running", ""): 2 * S,
         ("throttled", "by the CPU quota"): 3 * S,
-        ("queued", "behind noise (PID 20, TID 21)"): 2 * S,
+        ("queued", "behind noise (PID 20)"): 2 * S,
         ("queued", "behind its own threads (app)"): S,
         ("sleeping", "futex"): S,
         ("sleeping", "read"): S // 2,
         ("unaccounted", ""): S // 2,
     }
     assert sum(s.pct for s in b.shares) == pytest.approx(100.0)
-    causes = bd.causes(b, "app", cpu_limit=0.5, roles={"noise (PID 20, TID 21)": "noise"})
+    causes = bd.causes(b, "app", bd.Context(quota_cpus=0.5, roles={20: "noise"}))
     assert [(c.kind, round(c.share_of_demand, 3)) for c in causes] == [
-        ("quota", 0.375), ("neighbour", 0.25), ("own-threads", 0.125)
+        ("quota", 0.375), ("neighbour", 0.25), ("own_threads", 0.125)
     ]  # fmt: skip
     assert causes[0].sentence == (
         "Runnable but throttled by the 0.5-CPU quota: 38% of the time app wanted a CPU "
         "(30% of its threads' wall time)."
     )
-    assert causes[1].who == "the noise (noise (PID 20, TID 21))"
+    assert causes[1].who == "the noise" and causes[1].pids == (20,)
+    assert causes[1].sentence.startswith("Queued behind the noise (noise (PID 20)): 25%")
 
 
 def test_idle_cpu_without_throttling_is_wakeup_latency() -> None:
     app = ThreadTime(10, 10, "app", S, S, {}, 2 * S)
     b = bd.from_events(_times(app, occupants=(BreakdownOccupant(0, "swapper/1", 5, pid=0),)), "app")
     assert [(s.state, s.ns) for s in b.shares] == [("running", S), ("wakeup", S)]
-    assert [c.kind for c in bd.causes(b, "app")] == ["wakeup"]
+    assert [c.kind for c in bd.causes(b, "app")] == ["wakeup_latency"]
 
 
 def test_small_causes_are_left_out_and_subsets_get_their_share() -> None:
@@ -71,7 +72,7 @@ def test_small_causes_are_left_out_and_subsets_get_their_share() -> None:
     times = _times(a, b_, occupants=occ)
     whole = bd.from_events(times, "all")
     assert whole.wall_ns == 20 * S and whole.threads == 2
-    assert [c.who for c in bd.causes(whole, "x")] == ["big (PID 20, TID 21)"]  # tiny: 0.3%
+    assert [c.who for c in bd.causes(whole, "x")] == ["big (PID 20)"]  # tiny: 0.3%
     only_b = bd.from_events(times, "b", {30})
     assert only_b.total("queued") == 3 * S and only_b.total("running") == 0
 
@@ -82,7 +83,7 @@ def test_schedstat_breakdown_says_what_it_cannot_split() -> None:
         ("running", 10.0), ("runnable", 15.0), ("sleeping", 75.0)
     ]  # fmt: skip
     assert "not split" in b.source
-    assert [c.kind for c in bd.causes(b, "app")] == ["unsplit"]
+    assert [c.kind for c in bd.causes(b, "app")] == ["runnable_unsplit"]
 
 
 # --- the real kernel ----------------------------------------------------------------------
@@ -152,7 +153,7 @@ def test_a_quota_shows_as_throttled_time(kernel_tracing: None) -> None:
     # alone; the machine's other busy tasks take some of it as "queued behind").
     assert 0.15 <= b.total("running") / demand <= 0.25
     assert b.total("throttled") / demand >= 0.45
-    assert bd.causes(b, "loop", 0.2)[0].kind == "quota"
+    assert bd.causes(b, "loop", bd.Context(quota_cpus=0.2))[0].kind == "quota"
 
 
 def test_sleeps_are_charged_to_the_syscall(kernel_tracing: None) -> None:

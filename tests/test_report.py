@@ -87,9 +87,11 @@ def fake_arm(name: str, quota: bool, noise_cores: float, wait_per_run: float,
 @pytest.fixture(scope="module")
 def lab() -> LabResult:
     arms = [
-        analyse_arm(fake_arm("baseline", True, 0.0, 0.1, 30, 1)),
-        analyse_arm(fake_arm("contention", True, 0.3, 20.0, 3000, 2)),  # 0.4 s run, 8 s wait
-        analyse_arm(fake_arm("unlimited", False, 1.5, 1.5, 80, 3)),
+        analyse_arm(fake_arm("baseline", True, 0.0, 0.1, 30, 1), "contend-app"),
+        analyse_arm(
+            fake_arm("contention", True, 0.3, 20.0, 3000, 2), "contend-app"
+        ),  # 0.4 s run, 8 s wait
+        analyse_arm(fake_arm("unlimited", False, 1.5, 1.5, 80, 3), "contend-app"),
     ]
     config = LabConfig(0.5, 512 << 20, 2, 10.0, 10.0, "procfs+bpftrace", 16, 480000, 20.0, "v1")
     return LabResult(config, tuple(arms), reference_rows(arms[0].metrics, arms[1].metrics),
@@ -103,7 +105,7 @@ def test_diagnosis_on_known_sessions(lab: LabResult) -> None:
     top = cont.verdict.ranked[0]
     # Of 8.4 s of demand (0.4 running + 8 waiting), 6 s throttled and 2 s behind the noise.
     assert (top.kind, top.ns, round(top.share_of_demand, 4)) == ("quota", 6 * S, 0.7143)
-    assert cont.verdict.ranked[1].who == "the noise (contend-noise (PID 20, TID 21))"
+    assert cont.verdict.ranked[1].who == "the noise" and cont.verdict.ranked[1].pids == (20,)
     assert cont.verdict.causes[0].startswith("Runnable but throttled by the 0.5-CPU quota: 71%")
     assert [c.kind for c in unl.verdict.ranked] == ["neighbour"]
     assert unl.verdict.ranked[0].share_of_demand == pytest.approx(0.6)

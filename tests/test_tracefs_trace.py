@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import contend_command, need
+from conftest import AS_NOBODY, contend_command, need
 from contend.collect.procfs import ProcFS
 from contend.lab.sandbox import Limits, Sandbox
 from test_trace import KNOWN, _busy_pinned, trace_json
@@ -606,24 +606,6 @@ def test_record_then_report_gives_the_same_result(root: None, tmp_path: Path) ->
     assert again.returncode == 0, again.stderr
     assert again.stderr.startswith("uid 65534 euid 65534\n"), again.stderr
     assert json.loads(again.stdout) == result
-
-
-# Every module imported first (their files may not be readable by nobody), then root is
-# dropped for good, then the CLI runs.
-AS_NOBODY = """
-import os, pkgutil, importlib, sys
-import encodings.cp437, zipfile  # read by numpy.load: /root/.pyenv is not for nobody
-import contend
-for m in pkgutil.walk_packages(contend.__path__, "contend."):
-    if not m.name.endswith("__main__"):
-        importlib.import_module(m.name)
-from contend.cli import main
-os.setgroups([])
-os.setgid(65534)
-os.setuid(65534)
-sys.stderr.write(f"uid {os.getuid()} euid {os.geteuid()}\\n")
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 REUSE = """

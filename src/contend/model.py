@@ -251,6 +251,7 @@ class TimeShare:
     detail: str
     ns: int
     pct: float  # of the threads' wall time
+    pid: int | None = None  # queued: the process that held the CPU (0: idle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,12 +273,16 @@ class Cause:
     """One cause of waiting, ranked by `share_of_demand`: the part of the time the target
     wanted a CPU (running + runnable) that this cause took."""
 
-    kind: str  # quota | neighbour | own-threads | wakeup | unsplit
+    kind: str  # quota | neighbour | own_threads | wakeup_latency | runnable_unsplit
     who: str
     ns: int
     share_of_demand: float
     share_of_wall: float
     sentence: str
+    pids: tuple[int, ...] = ()  # the holders (neighbour), the target's own (own_threads)
+    comms: tuple[str, ...] = ()
+    cgroup: str | None = None  # the quota's group, or the neighbours' group or container
+    advice: str = ""  # one line of what to do about it
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,6 +511,230 @@ def _metrics_dict(m: ArmMetrics) -> dict[str, Any]:
     d = asdict(m)
     d["context_switches_per_s"]["total"] = m.context_switches_per_s.total
     return d
+
+
+# --- contend diagnose (schema contend.diagnosis/1) --------------------------------------
+#
+# Changelog: contend.diagnosis/1 (0.3.0): first version; see README "Diagnosis JSON".
+
+SCHEMA_DIAGNOSIS = "contend.diagnosis/1"
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupSample:
+    """One cgroup read at one moment: its CPU bandwidth counters, PSI and quota.
+
+    `path` is the group's path within its hierarchy, as /proc/PID/cgroup prints it;
+    `quota_us`/`period_us` are None without a quota (v2 `max`, v1 -1)."""
+
+    path: str
+    t_ns: int
+    cpu: CgroupCpuStat | None
+    pressure: Pressure | None
+    quota_us: int | None
+    period_us: int | None
+    quota_from: str | None = None  # an ancestor whose quota is tighter than the group's
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessCpu:
+    """A process's CPU time (utime + stime of all its threads) at one moment."""
+
+    pid: int
+    comm: str
+    start_ticks: int
+    cpu_ns: int
+    cgroup: str | None = None  # its cpu cgroup path (v2 when there is one)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What a backend saw of a target over a window: the one input of a diagnosis.
+
+    `sched_times`: scheduler events (bpftrace, tracefs), None from procfs. `snapshots`:
+    the target's tasks sampled from /proc (schedstat, switches). `cgroups`: each cgroup
+    of the target's tasks, read at the start and at the end. `task_cgroups`: pid ->
+    cgroup path of the target's processes and of the tasks that held their CPUs.
+    `roles`: pid -> a name for it (the lab's "noise"); `processes`: every process's CPU
+    time at the start and the end (who took how much)."""
+
+    target: str
+    backend: str
+    start_ns: int
+    end_ns: int
+    sched_times: SchedTimes | None
+    snapshots: tuple[Snapshot, ...]
+    cgroups: tuple[tuple[CgroupSample, CgroupSample], ...] = ()
+    task_cgroups: dict[int, str] = field(default_factory=dict)
+    psi_system: tuple[Pressure | None, Pressure | None] = (None, None)
+    syscalls: tuple[SyscallRow, ...] | None = None
+    roles: dict[int, str] = field(default_factory=dict)
+    processes: tuple[tuple[ProcessCpu, ...], tuple[ProcessCpu, ...]] = ((), ())
+    containers: dict[str, str] = field(default_factory=dict)  # cgroup path -> container
+    lost_events: int = 0
+    overhead: Overhead | None = None
+    notes: tuple[str, ...] = ()
+    exit_status: int | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class TargetVerdict:
+    contention: bool
+    severity: str  # none | mild | moderate | severe
+    # Run-queue wait that others caused (throttled, queued, or a holder procfs cannot
+    # name; not wake-up latency on an idle CPU) per ns on a CPU, of all the target's threads.
+    wait_to_run: float | None
+    summary: str  # one sentence
+    wait_per_slice_us: float | None = None  # that wait per slice on a CPU
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupReport:
+    """One cgroup of the target's tasks over the window (ratios 0..1 of the window)."""
+
+    path: str
+    container: str | None
+    quota_cpus: float | None
+    period_us: int | None
+    usage_cpus: float | None
+    throttled_periods_ratio: float | None
+    throttled_s: float | None  # v1 sums over CPUs; v2 is wall time
+    psi_some: float | None
+    psi_full: float | None
+    pids: tuple[int, ...]
+    quota_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadReport:
+    tid: int
+    comm: str
+    running_ns: int
+    runnable_ns: int
+    sleeping_ns: int
+    wait_to_run: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessReport:
+    pid: int
+    comm: str
+    cgroup: str | None
+    breakdown: dict[str, int]  # state -> ns
+    wait_to_run: float | None
+    threads: tuple[ThreadReport, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Indicator:
+    """One row of the original document's table, measured for this target: whether the
+    document's contention value is met, and whether that agrees with the verdict."""
+
+    metric: str
+    reference_contention: str
+    measured: str
+    value: float | None
+    indicates_contention: bool | None  # None: not measurable on this backend
+    agrees: bool | None
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    target: str
+    backend: str
+    duration_s: float
+    verdict: TargetVerdict
+    causes: tuple[Cause, ...]
+    breakdown: Breakdown
+    processes: tuple[ProcessReport, ...]
+    cgroups: tuple[CgroupReport, ...]
+    psi_system_some: float | None
+    indicators: tuple[Indicator, ...]
+    sources: dict[str, str]
+    run_queue_us: tuple[HistBucket, ...] = ()
+    slice_us: tuple[HistBucket, ...] = ()
+    lost_events: int = 0
+    overhead: Overhead | None = None
+    notes: tuple[str, ...] = ()
+    exit_status: int | None = None
+    schema: str = SCHEMA_DIAGNOSIS
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "target": self.target,
+            "backend": self.backend,
+            "duration_s": self.duration_s,
+            "verdict": asdict(self.verdict),
+            "causes": [asdict(c) for c in self.causes],
+            "breakdown": breakdown_states(self.breakdown),
+            "shares": [asdict(s) for s in self.breakdown.shares],
+            "wall_ns": self.breakdown.wall_ns,
+            "threads": self.breakdown.threads,
+            "breakdown_source": self.breakdown.source,
+            "processes": [asdict(p) for p in self.processes],
+            "cgroups": [asdict(c) for c in self.cgroups],
+            "psi_system_some": self.psi_system_some,
+            "indicators": [asdict(i) for i in self.indicators],
+            "sources": dict(self.sources),
+            "histograms": {
+                "run_queue_us": [asdict(b) for b in self.run_queue_us],
+                "slice_us": [asdict(b) for b in self.slice_us],
+            },
+            "lost_events": self.lost_events,
+            "overhead": asdict(self.overhead) if self.overhead is not None else None,
+            "notes": list(self.notes),
+            "exit_status": self.exit_status,
+        }
+
+
+# The breakdown's states, in the order they are listed (and stacked in plots).
+BREAKDOWN_STATES = (
+    "running", "throttled", "queued", "wakeup", "runnable", "sleeping", "unaccounted",
+)  # fmt: skip
+
+
+def breakdown_states(b: Breakdown) -> dict[str, int]:
+    """{state: ns} of a breakdown, every state present (0 where none)."""
+    return {state: b.total(state) for state in BREAKDOWN_STATES}
+
+
+def diagnosis_from_json_dict(d: dict[str, Any]) -> Diagnosis:
+    """The inverse of Diagnosis.to_json_dict."""
+    if d.get("schema") != SCHEMA_DIAGNOSIS:
+        raise SchemaError(f"not a contend diagnosis (schema {d.get('schema')!r})")
+    hist = d.get("histograms", {})
+    overhead = d.get("overhead")
+    return Diagnosis(
+        target=str(d["target"]),
+        backend=str(d["backend"]),
+        duration_s=float(d["duration_s"]),
+        verdict=from_dict(TargetVerdict, d["verdict"]),
+        causes=tuple(from_dict(Cause, c) for c in d.get("causes", [])),
+        breakdown=Breakdown(
+            label=str(d["target"]),
+            threads=int(d.get("threads", 0)),
+            wall_ns=int(d.get("wall_ns", 0)),
+            shares=tuple(from_dict(TimeShare, s) for s in d.get("shares", [])),
+            source=str(d.get("breakdown_source", "")),
+        ),
+        processes=tuple(from_dict(ProcessReport, p) for p in d.get("processes", [])),
+        cgroups=tuple(from_dict(CgroupReport, c) for c in d.get("cgroups", [])),
+        psi_system_some=d.get("psi_system_some"),
+        indicators=tuple(from_dict(Indicator, i) for i in d.get("indicators", [])),
+        sources=dict(d.get("sources", {})),
+        run_queue_us=tuple(from_dict(HistBucket, b) for b in hist.get("run_queue_us", [])),
+        slice_us=tuple(from_dict(HistBucket, b) for b in hist.get("slice_us", [])),
+        lost_events=int(d.get("lost_events", 0)),
+        overhead=from_dict(Overhead, overhead) if overhead is not None else None,
+        notes=tuple(d.get("notes", [])),
+        exit_status=d.get("exit_status"),
+    )
 
 
 # --- contend trace (schema contend.trace/1) ----------------------------------------------

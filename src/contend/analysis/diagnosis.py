@@ -1,13 +1,39 @@
-"""One arm's record to its result: metrics, time breakdown, ranked causes, verdict, and the
-series and distributions the reports plot. Pure: no kernel access."""
+"""The diagnosis: from what a backend observed of any target (`Observation`) to the
+verdict, the time breakdown, the ranked causes, the cgroups, the document's indicators
+(`diagnose`); and a lab arm's record to its result through the same breakdown and
+causes (`analyse_arm`). Pure: no kernel access."""
 
 from __future__ import annotations
 
 from contend.analysis import breakdown as bd
 from contend.analysis import thresholds as th
-from contend.analysis.metrics import CLOCK_TICKS_DEFAULT, arm_metrics, series, task_deltas
+from contend.analysis.metrics import (
+    CLOCK_TICKS_DEFAULT,
+    arm_metrics,
+    avg_latency_us,
+    busy_fairness,
+    series,
+    task_deltas,
+)
 from contend.analysis.verdict import verdict
-from contend.model import ArmMetrics, ArmRecord, ArmResult, Breakdown
+from contend.model import (
+    EXACT,
+    SAMPLED,
+    UNAVAILABLE,
+    ArmMetrics,
+    ArmRecord,
+    ArmResult,
+    Breakdown,
+    Cause,
+    CgroupReport,
+    Diagnosis,
+    Indicator,
+    Observation,
+    ProcessReport,
+    TargetVerdict,
+    ThreadReport,
+    breakdown_states,
+)
 
 
 def throttling(m: ArmMetrics) -> bool:
@@ -56,16 +82,16 @@ def _comm(times: object, pid: int) -> str:
     return next((str(t.comm) for t in threads if t.pid == pid and t.comm), "?")
 
 
-def analyse_arm(record: ArmRecord, target: str = "contend-app") -> ArmResult:
+def analyse_arm(record: ArmRecord, target: str) -> ArmResult:
     m = arm_metrics(record)
     parts = breakdowns(record, m)
-    neighbour_roles: dict[str, str] = {}
-    if record.sched_times is not None:
-        for o in record.sched_times.occupants:
-            role = record.roles.get(o.pid) if o.pid is not None else None
-            if role and role != record.target_role:
-                neighbour_roles[bd.occupant_name(o)] = role
-    ranked = bd.causes(parts[0], target, record.cpu_limit, neighbour_roles) if parts else ()
+    ctx = bd.Context(
+        quota_cpus=record.cpu_limit,
+        quota_cgroup=None,
+        window_ns=record.end_ns - record.start_ns,
+        roles={pid: r for pid, r in record.roles.items() if r != record.target_role},
+    )
+    ranked = bd.causes(parts[0], target, ctx) if parts else ()
     v = verdict(m, target=target, cpu_limit=record.cpu_limit, ranked=ranked)
     times = record.sched_times
     return ArmResult(
@@ -80,3 +106,362 @@ def analyse_arm(record: ArmRecord, target: str = "contend-app") -> ArmResult:
         run_queue_us=times.run_queue_us if times is not None else (),
         slice_us=times.slice_us if times is not None else (),
     )
+
+
+# --- any target -----------------------------------------------------------------------------
+
+
+def severity_of(wait_to_run: float | None, wait_per_slice_us: float | None) -> tuple[bool, str]:
+    """(contention, severity) from the run-queue wait others caused per unit of on-CPU
+    time (thresholds.py), when each wait is long enough to matter."""
+    if wait_to_run is None:
+        return False, "none"
+    short = wait_per_slice_us is not None and wait_per_slice_us < th.WAIT_PER_SLICE_FLOOR_US
+    if wait_to_run >= th.WAIT_TO_RUN_SEVERE and not short:
+        return True, "severe"
+    if wait_to_run >= th.WAIT_TO_RUN_CONTENDED and not short:
+        return True, "moderate"
+    if wait_to_run >= th.WAIT_TO_RUN_MILD:
+        return False, "mild"
+    return False, "none"
+
+
+def _delta(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else max(b - a, 0)
+
+
+def cgroup_reports(obs: Observation) -> tuple[CgroupReport, ...]:
+    """Each cgroup of the target's tasks over the window: quota, use, throttling, PSI."""
+    out = []
+    pids_of: dict[str, list[int]] = {}
+    for pid, path in sorted(obs.task_cgroups.items()):
+        pids_of.setdefault(path, []).append(pid)
+    for first, last in obs.cgroups:
+        window = last.t_ns - first.t_ns
+        usage = ratio = throttled = None
+        if first.cpu is not None and last.cpu is not None:
+            periods = last.cpu.nr_periods - first.cpu.nr_periods
+            ratio = (last.cpu.nr_throttled - first.cpu.nr_throttled) / periods if periods else 0.0
+            throttled = (last.cpu.throttled_ns - first.cpu.throttled_ns) / 1e9
+            used = _delta(first.cpu.usage_ns, last.cpu.usage_ns)
+            usage = used / window if used is not None and window > 0 else None
+        some = full = None
+        if first.pressure is not None and last.pressure is not None and window > 0:
+            some = (last.pressure.some_us - first.pressure.some_us) * 1e3 / window
+            f = _delta(first.pressure.full_us, last.pressure.full_us)
+            full = f * 1e3 / window if f is not None else None
+        quota = last.quota_us / last.period_us if last.quota_us and last.period_us else None
+        out.append(
+            CgroupReport(
+                path=last.path,
+                container=obs.containers.get(last.path),
+                quota_cpus=quota,
+                period_us=last.period_us,
+                usage_cpus=usage,
+                throttled_periods_ratio=ratio if quota is not None or ratio else None,
+                throttled_s=throttled if quota is not None or throttled else None,
+                psi_some=some,
+                psi_full=full,
+                pids=tuple(pids_of.get(last.path, ())),
+                quota_from=last.quota_from,
+            )
+        )
+    return tuple(out)
+
+
+# Runnable time that something else caused: a quota, a task holding the CPU, or a holder
+# procfs cannot name. Not wake-up latency on an idle CPU: nobody took that CPU.
+CONTENDED = (bd.THROTTLED, bd.QUEUED, bd.RUNNABLE)
+
+
+def _wait_to_run(b: Breakdown) -> float | None:
+    """Runnable time others caused per ns on a CPU (inf: it waited but never ran)."""
+    running = b.total(bd.RUNNING)
+    waited = sum(b.total(state) for state in CONTENDED)
+    if running > 0:
+        return waited / running
+    return None if waited <= 0 else float("inf")
+
+
+def _states(b: Breakdown) -> dict[str, int]:
+    return breakdown_states(b)
+
+
+def _process_breakdowns(
+    obs: Observation, throttling: bool, clock_ticks: int
+) -> tuple[Breakdown, list[tuple[int, str, Breakdown, list[ThreadReport]]], str]:
+    """The whole target's breakdown, then each process's (pid, comm, breakdown,
+    threads), and the breakdown's source."""
+    label = obs.target
+    times = obs.sched_times
+    if times is not None:
+        whole = bd.from_events(times, label, None, throttling)
+        procs: list[tuple[int, str, Breakdown, list[ThreadReport]]] = []
+        for pid in sorted({t.pid for t in times.threads}):
+            mine = [t for t in times.threads if t.pid == pid]
+            comm = next((t.comm for t in mine if t.tid == pid and t.comm), "") or next(
+                (t.comm for t in mine if t.comm), "?"
+            )
+            threads = [
+                ThreadReport(
+                    t.tid,
+                    t.comm,
+                    t.running_ns,
+                    t.runnable_ns,
+                    sum(t.sleeping_ns.values()),
+                    t.runnable_ns / t.running_ns if t.running_ns else None,
+                )
+                for t in mine
+            ]
+            b = bd.from_events(times, f"{comm} (PID {pid})", {pid}, throttling)
+            procs.append((pid, comm, b, threads))
+        return whole, procs, bd.SOURCE_EVENTS
+    snaps = obs.snapshots
+    window = snaps[-1].t_ns - snaps[0].t_ns if len(snaps) >= 2 else 0
+    deltas = [
+        d
+        for d in task_deltas(snaps, clock_ticks)
+        if d.on_cpu_ns is not None and d.run_queue_wait_ns is not None
+    ]
+    rows = [(window, d.on_cpu_ns or 0, d.run_queue_wait_ns or 0) for d in deltas]
+    whole = bd.from_schedstat(rows, label)
+    procs = []
+    for pid in sorted({d.pid for d in deltas}):
+        own = [d for d in deltas if d.pid == pid]
+        comm = next((d.comm for d in own if d.tid == pid), own[0].comm)
+        threads = [
+            ThreadReport(
+                d.tid,
+                d.comm,
+                d.on_cpu_ns or 0,
+                d.run_queue_wait_ns or 0,
+                max(window - (d.on_cpu_ns or 0) - (d.run_queue_wait_ns or 0), 0),
+                (d.run_queue_wait_ns or 0) / d.on_cpu_ns if d.on_cpu_ns else None,
+            )
+            for d in own
+        ]
+        b = bd.from_schedstat(
+            [(window, t.running_ns, t.runnable_ns) for t in threads], f"{comm} (PID {pid})"
+        )
+        procs.append((pid, comm, b, threads))
+    return whole, procs, bd.SOURCE_SCHEDSTAT
+
+
+def _cpu_used(obs: Observation) -> dict[int, int]:
+    """pid -> CPU time each process used in the window (born inside it: all of it)."""
+    first = {(p.pid, p.start_ticks): p.cpu_ns for p in obs.processes[0]}
+    used: dict[int, int] = {}
+    for p in obs.processes[1]:
+        used[p.pid] = max(p.cpu_ns - first.get((p.pid, p.start_ticks), 0), 0)
+    return used
+
+
+def _holder_groups(obs: Observation) -> dict[int, str]:
+    """pid -> the cgroup (or container) of each task named in the diagnosis."""
+    out = {}
+    for pid, path in obs.task_cgroups.items():
+        container = obs.containers.get(path)
+        out[pid] = f"container {container} ({path})" if container else f"cgroup {path}"
+    return out
+
+
+def diagnose(obs: Observation, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> Diagnosis:
+    cgroups = cgroup_reports(obs)
+    limited = [c for c in cgroups if c.quota_cpus is not None]
+    throttling = any(
+        (c.throttled_periods_ratio or 0.0) >= th.IDLE_WAIT_THROTTLING_PERIODS for c in limited
+    )
+    whole, procs, source = _process_breakdowns(obs, throttling, clock_ticks)
+    tightest = min(limited, key=lambda c: c.quota_cpus or 0.0) if limited else None
+    ctx = bd.Context(
+        quota_cpus=tightest.quota_cpus if tightest else None,
+        quota_cgroup=(tightest.quota_from or tightest.path) if tightest else None,
+        # The events' own window where there are events: the breakdown's times are in it.
+        window_ns=obs.sched_times.window_ns if obs.sched_times else obs.end_ns - obs.start_ns,
+        roles=dict(obs.roles),
+        groups=_holder_groups(obs),
+        cpu_ns=_cpu_used(obs),
+    )
+    ranked = bd.causes(whole, obs.target, ctx)
+    ratio = _wait_to_run(whole)
+    slices = slice_count(obs, clock_ticks)
+    waited = sum(whole.total(state) for state in CONTENDED)
+    per_slice = waited / slices / 1e3 if slices else None
+    contention, severity = severity_of(ratio, per_slice)
+    psi = obs.psi_system
+    window = obs.end_ns - obs.start_ns
+    psi_some = (
+        (psi[1].some_us - psi[0].some_us) * 1e3 / window
+        if psi[0] is not None and psi[1] is not None and window > 0
+        else None
+    )
+    times = obs.sched_times
+    return Diagnosis(
+        target=obs.target,
+        backend=obs.backend,
+        duration_s=obs.duration_s,
+        verdict=TargetVerdict(
+            contention,
+            severity,
+            ratio,
+            _summary(obs.target, contention, severity, ratio, per_slice, ranked),
+            per_slice,
+        ),
+        causes=ranked,
+        breakdown=whole,
+        processes=tuple(
+            ProcessReport(
+                pid,
+                comm,
+                obs.task_cgroups.get(pid),
+                _states(b),
+                _wait_to_run(b),
+                tuple(threads),
+            )
+            for pid, comm, b, threads in procs
+        ),
+        cgroups=cgroups,
+        psi_system_some=psi_some,
+        indicators=indicators(obs, whole, procs, contention, clock_ticks),
+        sources=_sources(obs, source),
+        run_queue_us=times.run_queue_us if times is not None else (),
+        slice_us=times.slice_us if times is not None else (),
+        lost_events=obs.lost_events,
+        overhead=obs.overhead,
+        notes=obs.notes,
+        exit_status=obs.exit_status,
+    )
+
+
+def _summary(
+    target: str,
+    contention: bool,
+    severity: str,
+    ratio: float | None,
+    per_slice_us: float | None,
+    ranked: tuple[Cause, ...],
+) -> str:
+    if ratio is None:
+        return f"{target} did not run in the window: nothing to tell."
+    how = f"{ratio:.2f} s waiting behind others per second on a CPU"
+    if per_slice_us is not None:
+        each = f"{per_slice_us / 1e3:.1f} ms" if per_slice_us >= 1000 else f"{per_slice_us:.0f} us"
+        how += f", {each} per slice"
+    if not contention:
+        word = "mild waiting" if severity == "mild" else "no contention"
+        return f"{target}: {word} ({how})."
+    top = next((c for c in ranked if c.kind != "wakeup_latency"), None)
+    why = f"; first cause: {top.sentence[0].lower()}{top.sentence[1:]}" if top else "."
+    return f"{target} is starved of CPU, {severity}ly ({how}){why}"
+
+
+def _sources(obs: Observation, breakdown_source: str) -> dict[str, str]:
+    events = obs.backend in ("bpftrace", "tracefs")
+    return {
+        "breakdown": breakdown_source,
+        "waited_behind": (
+            f"{EXACT}: {obs.backend} scheduler events"
+            if events
+            else f"{UNAVAILABLE}: needs root (bpftrace or tracefs)"
+        ),
+        "cgroups": f"{SAMPLED}: cpu.stat, cpu.pressure, cpu.max / cpu.cfs_quota_us at start and end",
+        "psi_system_some": f"{SAMPLED}: /proc/pressure/cpu total at start and end",
+        "context_switches": f"{SAMPLED}: /proc/PID/task/TID/status",
+        "syscall_time": (
+            f"{SAMPLED}: {obs.backend}, 1 call in 16 timed"
+            if obs.syscalls is not None
+            else f"{UNAVAILABLE}: procfs has no syscall latency"
+        ),
+        "histograms": (
+            f"{EXACT}: every wait and slice ({obs.backend})"
+            if events
+            else f"{UNAVAILABLE}: procfs has totals only"
+        ),
+    }
+
+
+def slice_count(obs: Observation, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> int | None:
+    """How many times the target's threads went on a CPU: every slice from events,
+    else schedstat's count."""
+    if obs.sched_times is not None:
+        return sum(b.count for b in obs.sched_times.slice_us)
+    n = [d.slices for d in task_deltas(obs.snapshots, clock_ticks) if d.slices is not None]
+    return sum(n) if n else None
+
+
+def indicators(
+    obs: Observation,
+    whole: Breakdown,
+    procs: list[tuple[int, str, Breakdown, list[ThreadReport]]],
+    contention: bool,
+    clock_ticks: int = CLOCK_TICKS_DEFAULT,
+) -> tuple[Indicator, ...]:
+    """The original document's four rows, measured for this target; each says whether
+    the document's contention value is met here and whether that agrees with the verdict."""
+    snaps = obs.snapshots
+    window_s = (snaps[-1].t_ns - snaps[0].t_ns) / 1e9 if len(snaps) >= 2 else 0.0
+    deltas = task_deltas(snaps, clock_ticks)
+
+    def row(
+        metric: str, ref: str, measured: str, value: float | None, hit: bool | None, note: str
+    ) -> Indicator:
+        agrees = None if hit is None else hit == contention
+        return Indicator(metric, ref, measured, value, hit, agrees, note)
+
+    out = []
+    cs = (
+        sum(d.voluntary_switches + d.involuntary_switches for d in deltas) / window_s
+        if window_s > 0 and deltas
+        else None
+    )
+    out.append(
+        row(
+            "Context switches/sec",
+            "> 1000",
+            "n/a" if cs is None else f"{cs:.0f}/s",
+            cs,
+            None if cs is None else cs > 1000,
+            "measured: a busy server switches 270-1900 times/s uncontended, fewer when "
+            "starved; this row does not separate contention",
+        )
+    )
+    rows = obs.syscalls
+    avg = avg_latency_us(list(rows)) if rows else None
+    out.append(
+        row(
+            "Avg syscall time",
+            "100+ us",
+            "n/a" if avg is None else f"{avg:.1f} us (blocking calls included)",
+            avg,
+            None if avg is None else avg >= 100,
+            "blocking calls (futex, poll, sleep) dominate the average either way"
+            if avg is not None
+            else "not measured: needs the bpftrace backend",
+        )
+    )
+    running = whole.total(bd.RUNNING)
+    slices = slice_count(obs, clock_ticks)
+    avg_slice = running / slices / 1e3 if slices else None
+    out.append(
+        row(
+            "Process run time (avg slice)",
+            "10-100 us",
+            "n/a" if avg_slice is None else f"{avg_slice:.0f} us",
+            avg_slice,
+            None if avg_slice is None else 10 <= avg_slice <= 100,
+            "slices are as long as the work between sleeps, contended or not",
+        )
+    )
+    busy = [float(t.running_ns) for _, _, _, threads in procs for t in threads]
+    jain = busy_fairness(busy) if len(busy) > 1 else None
+    out.append(
+        row(
+            "CPU fairness",
+            "Imbalanced",
+            "n/a (one busy thread)" if jain is None else f"Jain {jain:.2f} over its busy threads",
+            jain,
+            None if jain is None else jain < 0.9,
+            "CFS shares CPU per thread: an even split says nothing of waiting",
+        )
+    )
+    return tuple(out)

@@ -177,7 +177,7 @@ def io_syscalls(snapshots: Sequence[Snapshot], pids: set[int]) -> int | None:
     return sum(d.syscr + d.syscw for d in mine) if mine else None
 
 
-def _avg_latency_us(rows: Sequence[SyscallRow]) -> float | None:
+def avg_latency_us(rows: Sequence[SyscallRow]) -> float | None:
     """Mean latency over every timed call (avg_ns weights each row by its timed calls)."""
     timed = sum(r.total_ns / r.avg_ns for r in rows if r.avg_ns)
     return sum(r.total_ns for r in rows) / timed / 1e3 if timed else None
@@ -247,8 +247,8 @@ def arm_metrics(arm: ArmRecord, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> ArmMe
     latency_source = UNAVAILABLE + ": procfs has no syscall latency (needs bpftrace or tracefs)"
     if arm.syscalls is not None:
         rows = arm.syscalls
-        avg_all = _avg_latency_us([r for r in rows])
-        avg_work = _avg_latency_us([r for r in rows if not r.blocking])
+        avg_all = avg_latency_us([r for r in rows])
+        avg_work = avg_latency_us([r for r in rows if not r.blocking])
         window = arm.syscall_window_s or arm.duration_s
         syscalls_per_s = sum(r.count for r in rows) / window if window else None
         syscall_source = EXACT + ": bpftrace raw_syscalls, every call of the target"

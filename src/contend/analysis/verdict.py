@@ -24,7 +24,7 @@ def _fmt_time_us(us: float | None) -> str:
 
 def verdict(
     m: ArmMetrics,
-    target: str = "contend-app",
+    target: str = "the target",
     cpu_limit: float | None = None,
     ranked: tuple[Cause, ...] = (),
 ) -> Verdict:
@@ -90,7 +90,9 @@ def verdict(
     elif m.psi_cpu_some_pct is not None:
         evidence.append(f"System CPU pressure: some {m.psi_cpu_some_pct:.0f}% of the time.")
     if ranked and contended:
-        causes = [c.sentence for c in ranked if c.kind not in ("wakeup", "unsplit")] or causes
+        causes = [
+            c.sentence for c in ranked if c.kind not in ("wakeup_latency", "runnable_unsplit")
+        ] or causes
     return Verdict(contended, severity, tuple(evidence), tuple(causes), ranked)
 
 

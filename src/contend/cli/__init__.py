@@ -14,7 +14,7 @@ import types
 import click
 
 from contend import __version__
-from contend.cli import compare, doctor, dtrace, image, lab, session, trace
+from contend.cli import compare, diagnose, doctor, dtrace, image, lab, session, trace
 from contend.errors import (
     EXIT_ERROR,
     EXIT_SIGINT,
@@ -34,6 +34,7 @@ def cli() -> None:
 cli.add_command(doctor.command)
 cli.add_command(lab.command)
 cli.add_command(trace.command)
+cli.add_command(diagnose.command)
 cli.add_command(dtrace.command)
 cli.add_command(compare.command)
 cli.add_command(image.command)

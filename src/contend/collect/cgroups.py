@@ -7,11 +7,12 @@ never assumed: machines run pure cgroup v2 (most today), pure v1, or the hybrid 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from contend.collect.procfs import read_cpu_stat_file, read_pressure_file
-from contend.model import CgroupCpuStat, Pressure
+from contend.model import CgroupCpuStat, CgroupSample, Pressure
 
 # The v1 controllers contend uses: cpu (CFS bandwidth: cfs_quota_us/cfs_period_us,
 # Documentation/scheduler/sched-bwc.rst) and memory (limit_in_bytes,
@@ -158,3 +159,116 @@ def cpu_pressure(group_dirs: dict[str, Path]) -> Pressure | None:
     if "unified" in group_dirs:
         return read_pressure_file(group_dirs["unified"] / "cpu.pressure")
     return None
+
+
+# --- the cgroups of any task ----------------------------------------------------------------
+
+# Container ids in cgroup paths: docker (`docker-ID.scope`, `/docker/ID`), podman
+# (`libpod-ID.scope`, `/libpod-ID`), containerd/CRI-O (`cri-containerd-ID.scope`,
+# `crio-ID.scope`): 64 hex digits.
+_CONTAINER_ID = re.compile(r"(?:docker|libpod|crio|cri-containerd)[-/]([0-9a-f]{64})(?:\.scope)?")
+
+
+def container_in_path(path: str) -> str | None:
+    """The short (12-digit) id of the container a cgroup path belongs to, if any."""
+    m = _CONTAINER_ID.search(path)
+    return m.group(1)[:12] if m else None
+
+
+@dataclass(frozen=True)
+class TaskGroup:
+    """A task's cgroup: `path` within its hierarchy (the cpu controller's on v1, where
+    the quota lives), and the directories that hold its files ("cpu", "unified")."""
+
+    path: str
+    dirs: dict[str, Path]
+
+
+def task_group(pid: int, layout: CgroupLayout, proc_root: str = "/proc") -> TaskGroup | None:
+    """/proc/PID/cgroup: `0::/path` on cgroup2, `N:cpu,cpuacct:/path` on v1
+    (Documentation/admin-guide/cgroup-v2.rst "Processes"; cgroup-v1/cgroups.rst).
+    None when the task is gone."""
+    try:
+        lines = Path(proc_root, str(pid), "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    v1_cpu = unified = None
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            unified = path or "/"
+        elif "cpu" in controllers.split(","):
+            v1_cpu = path or "/"
+    dirs: dict[str, Path] = {}
+    if unified is not None and layout.v2_root is not None:
+        dirs["unified"] = layout.v2_root / unified.lstrip("/")
+        if "cpu" in layout.v2_controllers:
+            dirs["cpu"] = dirs["unified"]
+    if v1_cpu is not None and "cpu" in layout.v1_roots:
+        dirs["cpu"] = layout.v1_roots["cpu"] / v1_cpu.lstrip("/")
+    label = v1_cpu if v1_cpu is not None and "cpu" in layout.v1_roots else unified
+    if label is None:
+        return None
+    return TaskGroup(label, {k: d for k, d in dirs.items() if d.is_dir()})
+
+
+def read_quota(cpu_dir: Path) -> tuple[int | None, int | None]:
+    """(quota, period) in us of a group's CFS bandwidth, None without a quota: v2
+    `cpu.max` ("max 100000" or "50000 100000"), v1 `cpu.cfs_quota_us` (-1) and
+    `cpu.cfs_period_us` (Documentation/scheduler/sched-bwc.rst)."""
+    try:
+        if (cpu_dir / "cpu.max").exists():
+            quota, period = (cpu_dir / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (cpu_dir / "cpu.cfs_quota_us").read_text().strip()
+            period = (cpu_dir / "cpu.cfs_period_us").read_text().strip()
+    except (OSError, ValueError):
+        return None, None
+    if quota in ("max", "-1") or not quota.lstrip("-").isdigit():
+        return None, int(period) if period.isdigit() else None
+    return int(quota), int(period)
+
+
+def _tightest_ancestor(cpu_dir: Path, root: Path) -> tuple[Path, float] | None:
+    """The ancestor (not the group itself) with the lowest quota in CPUs, if any: a
+    parent's quota limits every group under it."""
+    best: tuple[Path, float] | None = None
+    d = cpu_dir.parent
+    while d.is_relative_to(root) and d != root:
+        quota, period = read_quota(d)
+        if quota is not None and period:
+            cpus = quota / period
+            if best is None or cpus < best[1]:
+                best = (d, cpus)
+        d = d.parent
+    return best
+
+
+def sample_group(group: TaskGroup, layout: CgroupLayout, t_ns: int) -> CgroupSample:
+    """A group's counters, PSI and quota now (the tightest of it and its ancestors)."""
+    quota = period = None
+    quota_from = None
+    cpu_dir = group.dirs.get("cpu")
+    if cpu_dir is not None:
+        quota, period = read_quota(cpu_dir)
+        roots = [r for r in (layout.v1_roots.get("cpu"), layout.v2_root) if r is not None]
+        root = next((r for r in roots if cpu_dir.is_relative_to(r)), None)
+        above = _tightest_ancestor(cpu_dir, root) if root is not None else None
+        if (
+            root is not None
+            and above is not None
+            and (quota is None or not period or above[1] < quota / period)
+        ):
+            d = above[0]
+            quota, period = read_quota(d)
+            quota_from = "/" + str(d.relative_to(root))
+    return CgroupSample(
+        path=group.path,
+        t_ns=t_ns,
+        cpu=cpu_stat(group.dirs),
+        pressure=cpu_pressure(group.dirs),
+        quota_us=quota,
+        period_us=period,
+        quota_from=quota_from,
+    )

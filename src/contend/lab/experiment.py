@@ -428,7 +428,7 @@ class Lab:
         opts = self.options
         baseline = records[0]
         limit = baseline.cpu_limit
-        arms = [analyse_arm(record) for record in records]
+        arms = [analyse_arm(record, app_module.COMM) for record in records]
         config = LabConfig(
             cpus=limit,
             memory_bytes=self.group.limits.memory_bytes if self.group else None,

@@ -36,6 +36,10 @@ class TraceOptions:
     interval_s: float | None = None
     on_interval: Callable[[TraceResult], None] | None = None  # the summary so far
     on_event: Callable[[TraceEvent], None] | None = None  # --events, as they arrive
+    # Told once tracing runs (with the launched command's pid, if any), and once more
+    # just before the tracer stops: what runs beside the trace (diagnose's sampling).
+    on_started: Callable[[int | None], None] | None = None
+    on_stopping: Callable[[], None] | None = None
 
 
 def _tids_of(pids: list[int], fs: ProcFS) -> dict[int, int]:
@@ -59,12 +63,14 @@ def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.
             program.fragments.append(syscalls.fragment(pred))
             program.internal_maps.extend(syscalls.INTERNAL_MAPS)
             program.result_maps.extend(syscalls.RESULT_MAPS)
-    if "cpu" in chosen:
-        known: list[int] = list(target.pids) or list(initial_pids)
+    # The target's processes now: their threads are seeded into the programs' maps.
+    known: list[int] = list(target.pids) or list(initial_pids)
+    if chosen & {"cpu", "breakdown"}:
         if target.comm is not None:
             known = fs.pids_with_comm(target.comm)
         elif target.cgroup is not None and not known:
             known = _cgroup_pids(target)
+    if "cpu" in chosen:
         program.begin.append(cpu.seed(_tids_of(known, fs)))
         program.fragments.append(cpu.fragment(pred, events=opts.events))
         program.internal_maps.extend(cpu.INTERNAL_MAPS)
@@ -74,7 +80,7 @@ def build_program(opts: TraceOptions, initial_pids: tuple[int, ...] = ()) -> bt.
         # Threads running or runnable now: their first event says which.
         sleeping: dict[int, tuple[int, int]] = {}
         awake: dict[int, int] = {}
-        for pid in list(target.pids) or list(initial_pids):
+        for pid in known:
             for tid in fs.tids(pid):
                 nr = fs.blocked_in(pid, tid)
                 if nr is not None:
@@ -154,6 +160,13 @@ class _Collector:
 
 
 def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) -> TraceResult:
+    return run_trace_output(opts, wait)[0]
+
+
+def run_trace_output(
+    opts: TraceOptions, wait: Callable[[float], None] = time.sleep
+) -> tuple[TraceResult, bt.Output]:
+    """run_trace, and the tracer's maps as they were at its end."""
     launched = launch(opts.target.command) if opts.target.command else None
     try:
         initial: tuple[int, ...] = (launched.proc.pid,) if launched else ()
@@ -176,6 +189,8 @@ def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) ->
         started = collector.started = time.monotonic()
         if launched is not None:
             launched.release()
+        if opts.on_started is not None:
+            opts.on_started(launched.proc.pid if launched is not None else None)
         deadline = started + opts.duration_s if opts.duration_s else None
         try:
             while not trace_over(opts, launched, deadline, notes):
@@ -185,7 +200,11 @@ def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) ->
             notes.append("stopped by a signal before the end")
     finally:
         ended = time.monotonic()
-        out = tracer.stop()
+        try:
+            if opts.on_stopping is not None:
+                opts.on_stopping()
+        finally:
+            out = tracer.stop()
         # Who owns each call still in flight: asked now, while those threads live.
         owners = {int(t): thread_owner(int(t)) for t in out.maps.get("@contend_sys_start", {})}
         if launched is not None:
@@ -196,9 +215,10 @@ def run_trace(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) ->
         notes.append(f"{out.lost_events} events were lost: results are incomplete")
     if out.errors:
         notes.append(f"{len(out.errors)} tracer output records not understood: {out.errors[0]}")
-    return _result(
+    result = _result(
         opts, out, collector, ended - started, tracer.tracer_cpu_s, exit_status, notes, owners
     )
+    return result, out
 
 
 def _result(

@@ -62,7 +62,11 @@ def run_sampled(
     duration_s: float | None,
     interval_s: float = DEFAULT_INTERVAL_S,
     wait: Callable[[float], None] = time.sleep,
+    on_started: Callable[[int | None], None] | None = None,
+    on_stopping: Callable[[], None] | None = None,
 ) -> SampledTrace:
+    """`on_started`/`on_stopping`: told when sampling runs (with the launched command's
+    pid) and just before it ends."""
     fs = ProcFS()
     launched: subprocess.Popen[bytes] | None = None
     if target.command:
@@ -80,6 +84,8 @@ def run_sampled(
     started = time.monotonic()
     sampler.start()
     try:
+        if on_started is not None:
+            on_started(launched.pid if launched is not None else None)
         deadline = started + duration_s if duration_s else None
         while True:
             if launched is not None and launched.poll() is not None:
@@ -90,7 +96,11 @@ def run_sampled(
     except (KeyboardInterrupt, Terminated):
         notes.append("stopped by a signal before the end")
     finally:
-        snapshots = sampler.stop()
+        try:
+            if on_stopping is not None:
+                on_stopping()
+        finally:
+            snapshots = sampler.stop()
         exit_status = None
         if launched is not None:
             if launched.poll() is None:

@@ -983,18 +983,23 @@ def _longest(values: I64, top: int) -> npt.NDArray[np.intp]:
     return order
 
 
-def waits_behind(
-    slices: OnCpu, occ: Occupancy, tasks: Tasks, top: int = 10
-) -> tuple[list[WaitRow], list[Occupant]]:
-    """The `top` longest waits with who held the CPU meanwhile, and who held the CPUs
-    over all the waits of target threads (the ones that pushed the target off)."""
-    wait = slices.wait_end - slices.wait_start
-    # Over all waits: per CPU, W(t) = target threads waiting for it; a holder's share is
-    # the integral of W over its interval (F(end) - F(start), F the integral of W).
+def time_behind(
+    wait_start: I64,
+    wait_end: I64,
+    wait_cpu: I64,
+    holder_tid: I64,
+    holder_cpu: I64,
+    holder_start: I64,
+    holder_end: I64,
+) -> Counter[int]:
+    """Per holder tid, the target threads' waiting time charged to it: per CPU, W(t) =
+    the waits of that CPU going on at t; a holder's share of an interval it held the CPU
+    is the integral of W over it (F(end) - F(start), F the integral of W). On holders'
+    intervals that do not overlap on a CPU, the shares add up to at most the waits."""
     total = Counter[int]()
-    for cpu in _distinct(slices.wait_cpu).tolist():
-        mine = slices.wait_cpu == cpu
-        t = np.concatenate([slices.wait_start[mine], slices.wait_end[mine]])
+    for cpu in _distinct(wait_cpu).tolist():
+        mine = wait_cpu == cpu
+        t = np.concatenate([wait_start[mine], wait_end[mine]])
         step = np.concatenate(
             [np.ones(int(mine.sum()), np.int64), -np.ones(int(mine.sum()), np.int64)]
         )
@@ -1007,10 +1012,21 @@ def waits_behind(
             safe = np.maximum(k, 0)
             return np.where(k >= 0, area[safe] + level[safe] * (x - t[safe]), 0)
 
-        held = occ.cpu == cpu
-        share = integral(occ.end[held]) - integral(occ.start[held])
-        total.update(_sum_by(occ.tid[held], share))
-    total = Counter({tid: ns for tid, ns in total.items() if ns > 0})
+        held = holder_cpu == cpu
+        share = integral(holder_end[held]) - integral(holder_start[held])
+        total.update(_sum_by(holder_tid[held], share))
+    return Counter({tid: ns for tid, ns in total.items() if ns > 0})
+
+
+def waits_behind(
+    slices: OnCpu, occ: Occupancy, tasks: Tasks, top: int = 10
+) -> tuple[list[WaitRow], list[Occupant]]:
+    """The `top` longest waits with who held the CPU meanwhile, and who held the CPUs
+    over all the waits of target threads (the ones that pushed the target off)."""
+    wait = slices.wait_end - slices.wait_start
+    total = time_behind(
+        slices.wait_start, slices.wait_end, slices.wait_cpu, occ.tid, occ.cpu, occ.start, occ.end
+    )
     rows = []
     for i in _longest(wait, top).tolist():
         tid, cpu = int(slices.wait_tid[i]), int(slices.wait_cpu[i])

@@ -1,0 +1,255 @@
+"""What `contend diagnose` collects about a target: one `Observation`, from any backend.
+
+Beside the backend's events (bpftrace: the breakdown program, in-kernel; tracefs: every
+event), the target's tasks are sampled from /proc (schedstat, switches), each cgroup
+they are in is read at the start and at the end (cpu.stat, cpu.pressure, the quota),
+and so is every process's CPU time, to say how much the tasks that held the target's
+CPUs took. procfs alone (no root) gives the same Observation without events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from contend.collect import bpftrace as bt
+from contend.collect.cgroups import (
+    CgroupLayout,
+    TaskGroup,
+    container_in_path,
+    detect_layout,
+    sample_group,
+    task_group,
+)
+from contend.collect.procfs import CLOCK_TICKS, ProcFS, ProcGone
+from contend.collect.sampler import Sampler
+from contend.errors import ContendError
+from contend.model import (
+    CgroupSample,
+    Observation,
+    Overhead,
+    Pressure,
+    ProcessCpu,
+    SchedTimes,
+    Snapshot,
+)
+from contend.monitors import TraceOptions, breakdown, run_trace_output
+from contend.monitors.sampled import pid_source, run_sampled
+from contend.target import Target
+
+BACKENDS = ("auto", "bpftrace", "tracefs", "procfs")
+SAMPLE_INTERVAL_S = 0.25
+
+
+def all_processes(fs: ProcFS, layout: CgroupLayout | None = None) -> tuple[ProcessCpu, ...]:
+    """Every process's CPU time now (utime + stime, all its threads), and its cgroup when
+    `layout` is given."""
+    out = []
+    for pid in fs.pids():
+        try:
+            st = fs.stat(pid)
+        except (ProcGone, ValueError, OSError):
+            continue
+        ns = (st.utime_ticks + st.stime_ticks) * 1_000_000_000 // CLOCK_TICKS
+        group = task_group(pid, layout, str(fs.root)) if layout is not None else None
+        out.append(ProcessCpu(pid, st.comm, st.start_ticks, ns, group.path if group else None))
+    return tuple(out)
+
+
+@dataclass
+class GroupWatch:
+    """The cgroups of a changing set of processes, each read when first seen and at the
+    end; the processes' groups remembered (pid -> path)."""
+
+    layout: CgroupLayout
+    fs: ProcFS = field(default_factory=ProcFS)
+    groups: dict[str, TaskGroup] = field(default_factory=dict)
+    first: dict[str, CgroupSample] = field(default_factory=dict)
+    of_pid: dict[int, str] = field(default_factory=dict)
+
+    def see(self, pids: Iterable[int]) -> None:
+        now = time.monotonic_ns()
+        for pid in pids:
+            if pid in self.of_pid:
+                continue
+            group = task_group(pid, self.layout, str(self.fs.root))
+            if group is None:
+                continue
+            self.of_pid[pid] = group.path
+            if group.path not in self.groups:
+                self.groups[group.path] = group
+                self.first[group.path] = sample_group(group, self.layout, now)
+
+    def pairs(self) -> tuple[tuple[CgroupSample, CgroupSample], ...]:
+        now = time.monotonic_ns()
+        return tuple(
+            (self.first[path], sample_group(group, self.layout, now))
+            for path, group in self.groups.items()
+        )
+
+
+class _Watch:
+    """The sampling that runs beside a trace: started once tracing runs, stopped just
+    before it ends."""
+
+    def __init__(
+        self, target: Target, fs: ProcFS, layout: CgroupLayout, sampling: bool = True
+    ) -> None:
+        self.target = target
+        self.sampling = sampling  # False: the backend samples the tasks itself
+        self.fs = fs
+        self.layout = layout
+        self.groups = GroupWatch(layout, fs)
+        self.sampler: Sampler | None = None
+        self.snapshots: tuple[Snapshot, ...] = ()
+        self.psi: tuple[Pressure | None, Pressure | None] = (None, None)
+        self.processes: tuple[tuple[ProcessCpu, ...], tuple[ProcessCpu, ...]] = ((), ())
+        self.start_ns = self.end_ns = 0
+        self.source: Callable[[], list[int]] = list
+        self.cgroups: tuple[tuple[CgroupSample, CgroupSample], ...] = ()
+
+    def started(self, launched: int | None) -> None:
+        source = pid_source(self.target, self.fs, launched)
+
+        def pids() -> list[int]:
+            found = source()
+            self.groups.see(found)
+            return found
+
+        self.source = pids
+        self.start_ns = time.monotonic_ns()
+        self.processes = (all_processes(self.fs), ())
+        self.psi = (self.fs.system_pressure(), None)
+        self.groups.see(source())
+        if self.sampling:
+            self.sampler = Sampler(pids, interval_s=SAMPLE_INTERVAL_S, procfs=self.fs)
+            self.sampler.start()
+
+    def stopping(self) -> None:
+        if not self.start_ns or self.end_ns:
+            return  # never started, or stopped already
+        if self.sampler is not None:
+            self.snapshots = self.sampler.stop()
+            self.sampler = None
+        self.source()
+        self.cgroups = self.groups.pairs()
+        self.psi = (self.psi[0], self.fs.system_pressure())
+        self.processes = (self.processes[0], all_processes(self.fs, self.layout))
+        self.end_ns = time.monotonic_ns()
+
+
+def _resolve_holders(times: SchedTimes, fs: ProcFS) -> SchedTimes:
+    """Each task that held a CPU while the target waited, with its process: a target
+    thread's from the trace, another's from /proc now (None when it is gone)."""
+    own = {t.tid: t.pid for t in times.threads}
+    occupants = []
+    for o in times.occupants:
+        if o.tid == 0:
+            pid: int | None = 0
+        elif o.tid in own:
+            pid = own[o.tid]
+        else:
+            owner = fs.owner(o.tid)
+            pid = owner[0] if owner else None
+        occupants.append(replace(o, pid=pid))
+    return replace(times, occupants=tuple(occupants))
+
+
+def _containers(paths: Iterable[str]) -> dict[str, str]:
+    return {p: c for p in paths if (c := container_in_path(p)) is not None}
+
+
+def choose_backend(backend: str) -> tuple[str, str | None]:
+    """The backend to run, and why auto fell back (None when it did not)."""
+    if backend not in BACKENDS:
+        raise ContendError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}", 2)
+    if backend in ("procfs", "tracefs"):
+        return backend, None
+    ok, why = bt.available()
+    if ok:
+        return "bpftrace", None
+    if backend == "bpftrace":
+        raise ContendError(f"--backend bpftrace: {why}")
+    return "procfs", why
+
+
+def observe(
+    target: Target,
+    duration_s: float | None,
+    backend: str = "auto",
+    wait: Callable[[float], None] = time.sleep,
+) -> Observation:
+    """Watch `target` for `duration_s` (None: until Ctrl-C or the command's exit)."""
+    chosen, fallback = choose_backend(backend)
+    fs = ProcFS()
+    layout = detect_layout()
+    watch = _Watch(target, fs, layout, sampling=chosen != "procfs")
+    notes: list[str] = []
+    if fallback is not None:
+        notes.append(f"backend auto -> procfs: {fallback}")
+    times: SchedTimes | None = None
+    rows = None
+    lost = 0
+    overhead: Overhead | None = None
+    exit_status: int | None = None
+    if chosen == "bpftrace":
+        opts = TraceOptions(
+            ("syscalls", "breakdown"),
+            target,
+            duration_s,
+            latency="sampled",
+            on_started=watch.started,
+            on_stopping=watch.stopping,
+        )
+        result, out = run_trace_output(opts, wait)
+        times = breakdown.sched_times(out)
+        if times is not None:
+            times = _resolve_holders(times, fs)
+        rows = tuple(r for r in result.syscalls)
+        lost = result.lost_events
+        overhead = result.overhead
+        exit_status = result.exit_status
+        notes += [n for n in result.notes]
+    elif chosen == "procfs":
+        sampled = run_sampled(
+            target,
+            duration_s,
+            interval_s=SAMPLE_INTERVAL_S,
+            wait=wait,
+            on_started=watch.started,
+            on_stopping=watch.stopping,
+        )
+        exit_status = sampled.exit_status
+        watch.snapshots = sampled.snapshots
+        notes += [
+            "procfs backend: running and runnable time from schedstat; who held the CPU "
+            "while it waited needs root (bpftrace or tracefs)"
+        ]
+        notes += [n for n in sampled.notes if not n.startswith("procfs backend:")]
+        overhead = Overhead(tracer_cpu_s=sampled.tracer_cpu_s, events=0)
+    else:
+        raise ContendError("diagnose --backend tracefs: not built yet; use bpftrace or procfs")
+    holder_pids = {o.pid for o in times.occupants if o.pid} if times is not None else set()
+    task_cgroups = dict(watch.groups.of_pid)
+    for p in watch.processes[1]:
+        if p.pid in holder_pids and p.cgroup is not None:
+            task_cgroups.setdefault(p.pid, p.cgroup)
+    return Observation(
+        target=target.describe(),
+        backend=chosen,
+        start_ns=watch.start_ns,
+        end_ns=watch.end_ns,
+        sched_times=times,
+        snapshots=watch.snapshots,
+        cgroups=watch.cgroups,
+        task_cgroups=task_cgroups,
+        psi_system=watch.psi,
+        syscalls=rows,
+        processes=watch.processes,
+        containers=_containers(task_cgroups.values()),
+        lost_events=lost,
+        overhead=overhead,
+        notes=tuple(notes),
+        exit_status=exit_status,
+    )

@@ -1,0 +1,305 @@
+"""contend diagnose: the analysis on built observations with known answers, the cgroup
+readers on fixture trees, and the command on the real kernel with workloads whose answer
+is known (a pinned neighbour, a quota, a sleeper; root and, as nobody, procfs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import AS_NOBODY, contend_command, need
+from contend.analysis.diagnosis import diagnose, severity_of
+from contend.collect.cgroups import (
+    CgroupLayout,
+    container_in_path,
+    read_quota,
+    sample_group,
+    task_group,
+)
+from contend.lab.sandbox import Limits, Sandbox
+from contend.model import (
+    BreakdownOccupant,
+    CgroupCpuStat,
+    CgroupSample,
+    Observation,
+    Pressure,
+    ProcessCpu,
+    SchedTimes,
+    ThreadTime,
+    diagnosis_from_json_dict,
+)
+from contend.render import diagnosis_text
+
+S = 1_000_000_000
+
+
+def _victim_and_hog() -> Observation:
+    victim = ThreadTime(10, 10, "victim", running_ns=2 * S, runnable_ns=2 * S,
+                        sleeping_ns={"clock_nanosleep": S}, wall_ns=5 * S)  # fmt: skip
+    occupants = (
+        BreakdownOccupant(20, "hog", int(1.8 * S), pid=20),
+        BreakdownOccupant(0, "swapper/1", int(0.2 * S), pid=0),
+    )
+    times = SchedTimes(window_ns=5 * S, threads=(victim,), occupants=occupants)
+    first = CgroupSample("/app", 0, CgroupCpuStat(50, 0, 0, 0), Pressure(0, 0), None, 100_000)
+    last = CgroupSample("/app", 5 * S, CgroupCpuStat(100, 0, 0, 2 * S), Pressure(2_000_000, 0),
+                        None, 100_000)  # fmt: skip
+    return Observation(
+        target="pid 10",
+        backend="bpftrace",
+        start_ns=0,
+        end_ns=5 * S,
+        sched_times=times,
+        snapshots=(),
+        cgroups=((first, last),),
+        task_cgroups={10: "/app", 20: "/system.slice/docker-" + "ab" * 32 + ".scope"},
+        processes=(
+            (ProcessCpu(20, "hog", 7, S),),
+            (ProcessCpu(20, "hog", 7, int(3.5 * S)),),
+        ),
+        containers={"/system.slice/docker-" + "ab" * 32 + ".scope": "abababababab"},
+    )
+
+
+def test_a_neighbour_is_the_first_cause_with_its_share_and_its_container() -> None:
+    d = diagnose(_victim_and_hog())
+    # Idle time while waiting (0.2 s) is wake-up latency: not others' doing, not counted.
+    assert d.verdict.contention and d.verdict.severity == "moderate"
+    assert d.verdict.wait_to_run == pytest.approx(0.9)
+    first = d.causes[0]
+    assert first.kind == "neighbour" and first.pids == (20,) and first.comms == ("hog",)
+    assert first.ns == int(1.8 * S) and first.share_of_demand == pytest.approx(0.45)
+    assert first.cgroup == "container abababababab (/system.slice/docker-" + "ab" * 32 + ".scope)"
+    assert "took 0.50 CPUs meanwhile" in first.advice  # 2.5 s of CPU in 5 s
+    assert [c.kind for c in d.causes] == ["neighbour", "wakeup_latency"]
+    assert d.breakdown.wall_ns == 5 * S
+    assert sum(s.ns for s in d.breakdown.shares) == 5 * S
+    (cg,) = d.cgroups
+    assert cg.path == "/app" and cg.quota_cpus is None and cg.usage_cpus == pytest.approx(0.4)
+    assert cg.psi_some == pytest.approx(0.4) and cg.pids == (10,)
+    assert d.processes[0].breakdown["queued"] == int(1.8 * S)
+
+
+def test_the_diagnosis_json_reads_back_the_same() -> None:
+    d = diagnose(_victim_and_hog())
+    doc = json.loads(json.dumps(d.to_json_dict()))
+    assert doc["schema"] == "contend.diagnosis/1"
+    assert doc["breakdown"] == {
+        "running": 2 * S, "throttled": 0, "queued": int(1.8 * S), "wakeup": int(0.2 * S),
+        "runnable": 0, "sleeping": S, "unaccounted": 0,
+    }  # fmt: skip
+    back = diagnosis_from_json_dict(doc)
+    assert back.to_json_dict() == d.to_json_dict()
+    text = diagnosis_text.render(d)
+    assert text.startswith("contend diagnose: pid 10 (bpftrace, 5.0 s)\n\nVerdict: CONTENTION")
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_quota_names_its_group_and_the_demand() -> None:
+    obs = _victim_and_hog()
+    throttled = dict(
+        cgroups=(
+            (
+                CgroupSample("/app", 0, CgroupCpuStat(0, 0, 0, 0), None, 20_000, 100_000),
+                CgroupSample(
+                    "/app", 5 * S, CgroupCpuStat(50, 48, int(3.9 * S), S), None, 20_000, 100_000
+                ),
+            ),
+        ),
+    )
+    from dataclasses import replace
+
+    d = diagnose(replace(obs, **throttled))  # type: ignore[arg-type]
+    (cg,) = d.cgroups
+    assert cg.quota_cpus == pytest.approx(0.2) and cg.throttled_periods_ratio == pytest.approx(0.96)
+    assert cg.throttled_s == pytest.approx(3.9)
+    # Throttled: the idle CPU's 0.2 s is the quota's now, not wake-up latency.
+    assert [c.kind for c in d.causes] == ["neighbour", "quota"]
+    quota = d.causes[1]
+    assert quota.cgroup == "/app" and "0.2-CPU quota of /app" in quota.sentence
+    assert "It wanted 0.44 CPUs" in quota.advice  # (2 s running + 0.2 s throttled) / 5 s
+
+
+def test_severity_needs_waits_long_enough_to_matter() -> None:
+    assert severity_of(None, None) == (False, "none")
+    assert severity_of(0.05, 500.0) == (False, "none")
+    assert severity_of(0.2, 500.0) == (False, "mild")
+    assert severity_of(0.9, 500.0) == (True, "moderate")
+    assert severity_of(3.0, 500.0) == (True, "severe")
+    assert severity_of(3.0, 20.0) == (False, "mild")  # 20 us per slice: wake-ups
+
+
+def test_cgroup_files_are_read_as_the_kernel_writes_them(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    (proc / "7").mkdir(parents=True)
+    (proc / "7" / "cgroup").write_text(
+        "12:cpu,cpuacct:/limited/app\n3:memory:/limited/app\n0::/limited/app\n"
+    )
+    v1, v2 = tmp_path / "cpu", tmp_path / "unified"
+    for root in (v1, v2):
+        (root / "limited" / "app").mkdir(parents=True)
+    (v1 / "limited" / "cpu.cfs_quota_us").write_text("30000\n")
+    (v1 / "limited" / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "limited" / "app" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "limited" / "app" / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "limited" / "app" / "cpu.stat").write_text(
+        "nr_periods 10\nnr_throttled 4\nthrottled_time 5000000\n"
+    )
+    (v2 / "limited" / "app" / "cpu.pressure").write_text(
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=1500\n"
+        "full avg10=0.00 avg60=0.00 avg300=0.00 total=700\n"
+    )
+    layout = CgroupLayout(v2_root=v2, v2_controllers=frozenset(), v1_roots={"cpu": v1})
+    group = task_group(7, layout, str(proc))
+    assert group is not None and group.path == "/limited/app"
+    assert group.dirs == {"unified": v2 / "limited/app", "cpu": v1 / "limited/app"}
+    sample = sample_group(group, layout, 123)
+    # The parent's 0.3-CPU quota limits the group: it is the one reported, with its path.
+    assert (sample.quota_us, sample.period_us, sample.quota_from) == (30000, 100000, "/limited")
+    assert sample.cpu == CgroupCpuStat(10, 4, 5000000, None)
+    assert sample.pressure == Pressure(1500, 700)
+    (v2 / "limited" / "app" / "cpu.max").write_text("max 100000\n")
+    assert read_quota(v2 / "limited" / "app") == (None, 100000)
+    (v2 / "limited" / "app" / "cpu.max").write_text("50000 100000\n")
+    assert read_quota(v2 / "limited" / "app") == (50000, 100000)
+    assert task_group(8, layout, str(proc)) is None  # gone
+
+
+def test_container_ids_are_found_in_engine_cgroup_paths() -> None:
+    cid = "0123456789ab" + "c" * 52
+    assert container_in_path(f"/system.slice/docker-{cid}.scope") == "0123456789ab"
+    assert container_in_path(f"/machine.slice/libpod-{cid}.scope/container") == "0123456789ab"
+    assert container_in_path(f"/docker/{cid}") == "0123456789ab"
+    assert container_in_path("/user.slice/user-1000.slice") is None
+
+
+# --- the real kernel ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def root_bpftrace() -> None:
+    import shutil
+
+    need(os.geteuid() == 0, "needs root")
+    need(shutil.which("bpftrace") is not None, "needs bpftrace (make install as root)")
+
+
+def _pinned(cpu: int = 1, preexec: Any = None) -> subprocess.Popen[bytes]:
+    def setup() -> None:
+        os.sched_setaffinity(0, {cpu})
+        if preexec is not None:
+            preexec()
+
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=setup)
+
+
+def _diagnose(*args: str, runner: list[str] | None = None) -> dict[str, Any]:
+    done = subprocess.run(
+        [*(runner or contend_command()), "diagnose", *args, "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    doc: dict[str, Any] = json.loads(done.stdout)
+    return doc
+
+
+def _runnable(doc: dict[str, Any]) -> int:
+    b = doc["breakdown"]
+    return int(b["throttled"] + b["queued"] + b["wakeup"] + b["runnable"])
+
+
+def _stop(*procs: subprocess.Popen[bytes]) -> None:
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_a_pinned_hog_is_the_first_cause(root_bpftrace: None) -> None:
+    victim, hog = _pinned(), _pinned()
+    try:
+        time.sleep(0.3)
+        doc = _diagnose("--pid", str(victim.pid), "--duration", "3")
+    finally:
+        _stop(victim, hog)
+    assert doc["backend"] == "bpftrace" and doc["verdict"]["contention"] is True
+    first = doc["causes"][0]
+    assert first["kind"] == "neighbour" and first["pids"] == [hog.pid], first
+    assert first["ns"] >= 0.8 * _runnable(doc)
+    # Everything accounted for: running + runnable is the thread's wall time (within 2%),
+    # and the two loops shared CPU 1 about evenly.
+    b = doc["breakdown"]
+    assert (b["running"] + _runnable(doc)) / doc["wall_ns"] == pytest.approx(1.0, abs=0.02)
+    assert 0.4 <= b["running"] / (b["running"] + first["ns"]) <= 0.6
+    assert doc["verdict"]["wait_per_slice_us"] >= 1000  # CFS slices of ms, not us
+    assert [p["pid"] for p in doc["processes"]] == [victim.pid]
+
+
+def test_a_quota_is_the_first_cause(root_bpftrace: None) -> None:
+    need(os.path.isdir("/sys/fs/cgroup"), "needs cgroups")
+    with Sandbox(Limits(0.2, None)) as sandbox:
+        victim = subprocess.Popen(
+            [sys.executable, "-c", "while True: pass"], preexec_fn=sandbox.join_function()
+        )
+        try:
+            time.sleep(0.5)
+            doc = _diagnose("--pid", str(victim.pid), "--duration", "3")
+        finally:
+            _stop(victim)
+    assert doc["verdict"]["contention"] is True and doc["verdict"]["severity"] == "severe"
+    first = doc["causes"][0]
+    assert first["kind"] == "quota" and first["ns"] >= 0.8 * _runnable(doc), doc["causes"]
+    limited = [c for c in doc["cgroups"] if c["quota_cpus"] is not None]
+    (cg,) = limited
+    assert cg["quota_cpus"] == pytest.approx(0.2) and victim.pid in cg["pids"]
+    assert first["cgroup"] == cg["path"]
+    # What the kernel guarantees: the group gets its quota, no more, and a busy loop
+    # under it is throttled in nearly every period.
+    assert cg["usage_cpus"] == pytest.approx(0.2, abs=0.03)
+    assert cg["throttled_periods_ratio"] >= 0.9
+
+
+SLEEPER = "import time\nwhile True: time.sleep(0.01)"
+
+
+def test_a_sleeper_alone_is_not_contended(root_bpftrace: None) -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", SLEEPER])
+    try:
+        time.sleep(0.3)
+        doc = _diagnose("--pid", str(sleeper.pid), "--duration", "2")
+    finally:
+        _stop(sleeper)
+    assert doc["verdict"]["contention"] is False and doc["verdict"]["severity"] != "severe"
+    slept = {s["detail"]: s["ns"] for s in doc["shares"] if s["state"] == "sleeping"}
+    assert slept["clock_nanosleep"] >= 0.8 * doc["wall_ns"], slept
+    # What little it waited behind others (kernel threads, contend's own sampling) is a
+    # sliver of its time.
+    b = doc["breakdown"]
+    assert b["queued"] + b["throttled"] <= 0.05 * doc["wall_ns"]
+
+
+def test_procfs_as_nobody_sees_the_contention_from_schedstat(root_bpftrace: None) -> None:
+    victim, hog = _pinned(), _pinned()
+    try:
+        time.sleep(0.3)
+        doc = _diagnose(
+            "--pid", str(victim.pid), "--duration", "2",
+            runner=[sys.executable, "-c", AS_NOBODY],
+        )  # fmt: skip
+    finally:
+        _stop(victim, hog)
+    assert doc["backend"] == "procfs"
+    assert any("backend auto -> procfs" in n for n in doc["notes"])
+    assert doc["verdict"]["contention"] is True
+    assert doc["causes"][0]["kind"] == "runnable_unsplit"
+    assert "schedstat" in doc["breakdown_source"]
+    b = doc["breakdown"]
+    # schedstat's two counters: the loop ran about half the time and waited the rest.
+    assert 0.4 <= b["running"] / (b["running"] + b["runnable"]) <= 0.6
+    assert doc["sources"]["waited_behind"].startswith("unavailable")
