@@ -303,3 +303,29 @@ def test_procfs_as_nobody_sees_the_contention_from_schedstat(root_bpftrace: None
     # schedstat's two counters: the loop ran about half the time and waited the rest.
     assert 0.4 <= b["running"] / (b["running"] + b["runnable"]) <= 0.6
     assert doc["sources"]["waited_behind"].startswith("unavailable")
+
+
+def test_no_target_ranks_the_starved_above_the_idle(root_bpftrace: None) -> None:
+    need(os.path.isdir("/sys/fs/cgroup"), "needs cgroups")
+    victim, hog = _pinned(), _pinned()
+    with Sandbox(Limits(0.2, None)) as sandbox:
+        limited = subprocess.Popen(
+            [sys.executable, "-c", "while True: pass"], preexec_fn=sandbox.join_function()
+        )
+        try:
+            time.sleep(0.5)
+            doc = _diagnose("--duration", "3")
+        finally:
+            _stop(victim, hog, limited)
+    assert doc["system_wide"] is True and doc["verdict"]["contention"] is True
+    ranked = [p["pid"] for p in doc["processes"]]
+    # The three busy loops waited about 1.5, 1.5 and 2.4 s; nothing else on the machine
+    # waits more than a fraction of that.
+    assert set(ranked[:3]) == {victim.pid, hog.pid, limited.pid}, doc["processes"][:4]
+    assert len(ranked) <= 10
+    by_pid = {p["pid"]: p for p in doc["processes"]}
+    assert by_pid[limited.pid]["severity"] == "severe"
+    assert by_pid[victim.pid]["severity"] in ("moderate", "severe")
+    quota = [c for c in doc["cgroups"] if c["quota_cpus"] is not None]
+    assert [c["quota_cpus"] for c in quota] == [pytest.approx(0.2)]
+    assert quota[0]["severity"] == "severe" and limited.pid in quota[0]["pids"]

@@ -575,6 +575,7 @@ class Observation:
     overhead: Overhead | None = None
     notes: tuple[str, ...] = ()
     exit_status: int | None = None
+    system_wide: bool = False  # no target: rank the machine's processes and cgroups
 
     @property
     def duration_s(self) -> float:
@@ -607,6 +608,11 @@ class CgroupReport:
     psi_full: float | None
     pids: tuple[int, ...]
     quota_from: str | None = None
+    # The target's threads in this group (the machine's, with no target).
+    running_ns: int = 0
+    runnable_ns: int = 0
+    wait_to_run: float | None = None
+    severity: str = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -617,6 +623,7 @@ class ThreadReport:
     runnable_ns: int
     sleeping_ns: int
     wait_to_run: float | None
+    slices: int | None = None  # times it went on a CPU (schedstat), when known per thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,6 +634,8 @@ class ProcessReport:
     breakdown: dict[str, int]  # state -> ns
     wait_to_run: float | None
     threads: tuple[ThreadReport, ...]
+    severity: str = "none"
+    wait_per_slice_us: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,12 +671,14 @@ class Diagnosis:
     overhead: Overhead | None = None
     notes: tuple[str, ...] = ()
     exit_status: int | None = None
+    system_wide: bool = False  # no target: `processes` and `cgroups` are the top waiters
     schema: str = SCHEMA_DIAGNOSIS
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
             "schema": self.schema,
             "target": self.target,
+            "system_wide": self.system_wide,
             "backend": self.backend,
             "duration_s": self.duration_s,
             "verdict": asdict(self.verdict),
@@ -734,6 +745,7 @@ def diagnosis_from_json_dict(d: dict[str, Any]) -> Diagnosis:
         overhead=from_dict(Overhead, overhead) if overhead is not None else None,
         notes=tuple(d.get("notes", [])),
         exit_status=d.get("exit_status"),
+        system_wide=bool(d.get("system_wide", False)),
     )
 
 

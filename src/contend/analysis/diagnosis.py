@@ -5,6 +5,8 @@ causes (`analyse_arm`). Pure: no kernel access."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from contend.analysis import breakdown as bd
 from contend.analysis import thresholds as th
 from contend.analysis.metrics import (
@@ -210,6 +212,7 @@ def _process_breakdowns(
                     t.runnable_ns,
                     sum(t.sleeping_ns.values()),
                     t.runnable_ns / t.running_ns if t.running_ns else None,
+                    None,  # the events' slice histogram is of all threads together
                 )
                 for t in mine
             ]
@@ -237,6 +240,7 @@ def _process_breakdowns(
                 d.run_queue_wait_ns or 0,
                 max(window - (d.on_cpu_ns or 0) - (d.run_queue_wait_ns or 0), 0),
                 (d.run_queue_wait_ns or 0) / d.on_cpu_ns if d.on_cpu_ns else None,
+                d.slices,
             )
             for d in own
         ]
@@ -296,30 +300,25 @@ def diagnose(obs: Observation, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> Diagno
         else None
     )
     times = obs.sched_times
+    processes = [_process_report(obs, pid, comm, b, threads) for pid, comm, b, threads in procs]
+    cgroups = _with_waits(cgroups, processes)
+    summary = _summary(obs.target, contention, severity, ratio, per_slice, ranked)
+    if obs.system_wide:
+        processes.sort(key=lambda p: -_contended(p.breakdown))
+        processes = processes[:MACHINE_TOP]
+        cgroups = tuple(sorted(cgroups, key=lambda c: -c.runnable_ns)[:MACHINE_TOP])
+        ranked = ()
+        contention = any(p.severity in ("moderate", "severe") for p in processes)
+        severity = max((p.severity for p in processes), key=SEVERITIES.index, default="none")
+        summary = _machine_summary(processes, cgroups)
     return Diagnosis(
         target=obs.target,
         backend=obs.backend,
         duration_s=obs.duration_s,
-        verdict=TargetVerdict(
-            contention,
-            severity,
-            ratio,
-            _summary(obs.target, contention, severity, ratio, per_slice, ranked),
-            per_slice,
-        ),
+        verdict=TargetVerdict(contention, severity, ratio, summary, per_slice),
         causes=ranked,
         breakdown=whole,
-        processes=tuple(
-            ProcessReport(
-                pid,
-                comm,
-                obs.task_cgroups.get(pid),
-                _states(b),
-                _wait_to_run(b),
-                tuple(threads),
-            )
-            for pid, comm, b, threads in procs
-        ),
+        processes=tuple(processes),
         cgroups=cgroups,
         psi_system_some=psi_some,
         indicators=indicators(obs, whole, procs, contention, clock_ticks),
@@ -330,7 +329,76 @@ def diagnose(obs: Observation, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> Diagno
         overhead=obs.overhead,
         notes=obs.notes,
         exit_status=obs.exit_status,
+        system_wide=obs.system_wide,
     )
+
+
+SEVERITIES = ("none", "mild", "moderate", "severe")
+MACHINE_TOP = 10  # processes and cgroups ranked with no target
+
+
+def _contended(states: dict[str, int]) -> int:
+    return sum(states.get(state, 0) for state in CONTENDED)
+
+
+def _process_report(
+    obs: Observation, pid: int, comm: str, b: Breakdown, threads: list[ThreadReport]
+) -> ProcessReport:
+    ratio = _wait_to_run(b)
+    known = [t.slices for t in threads if t.slices is not None]
+    slices = sum(known) if known and len(known) == len(threads) else None
+    per_slice = sum(b.total(s) for s in CONTENDED) / slices / 1e3 if slices else None
+    return ProcessReport(
+        pid,
+        comm,
+        obs.task_cgroups.get(pid),
+        _states(b),
+        ratio,
+        tuple(threads),
+        severity_of(ratio, per_slice)[1],
+        per_slice,
+    )
+
+
+def _with_waits(
+    cgroups: tuple[CgroupReport, ...], processes: list[ProcessReport]
+) -> tuple[CgroupReport, ...]:
+    """Each group with the running and contended runnable time of its processes."""
+    out = []
+    for c in cgroups:
+        mine = [p for p in processes if p.cgroup == c.path]
+        running = sum(p.breakdown.get(bd.RUNNING, 0) for p in mine)
+        runnable = sum(_contended(p.breakdown) for p in mine)
+        ratio = runnable / running if running else None
+        slices = [t.slices for p in mine for t in p.threads if t.slices is not None]
+        per_slice = runnable / sum(slices) / 1e3 if slices and sum(slices) else None
+        out.append(
+            replace(
+                c,
+                running_ns=running,
+                runnable_ns=runnable,
+                wait_to_run=ratio,
+                severity=severity_of(ratio, per_slice)[1],
+            )
+        )
+    return tuple(out)
+
+
+def _machine_summary(processes: list[ProcessReport], cgroups: tuple[CgroupReport, ...]) -> str:
+    if not processes or _contended(processes[0].breakdown) == 0:
+        return "No process waited for a CPU in the window."
+    p = processes[0]
+    text = (
+        f"Waited most: {p.comm} (PID {p.pid}, {p.severity}, wait/run {_fmt_ratio(p.wait_to_run)})"
+    )
+    if cgroups and cgroups[0].runnable_ns:
+        c = cgroups[0]
+        text += f"; cgroup {c.path} ({c.severity}, wait/run {_fmt_ratio(c.wait_to_run)})"
+    return text + f". Run `contend diagnose --pid {p.pid}` to name who it waited behind."
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def _summary(

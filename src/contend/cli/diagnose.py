@@ -51,7 +51,8 @@ def command(
 ) -> int:
     """Watch a target (or `-- CMD ARGS`, launched) and say whether it waited for CPU, how
     much, and behind what: the verdict, where its time went, the ranked causes with what
-    to do, its cgroups (quota, throttling, PSI) and the original document's indicators."""
+    to do, its cgroups (quota, throttling, PSI) and the original document's indicators.
+    With no target: the machine's processes and cgroups that waited most, ranked."""
     if backend not in BACKENDS:
         raise UsageError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if fmt not in ("text", "json"):
@@ -61,8 +62,6 @@ def command(
         check_distinct([], {"-o": output})
     command_args = tuple((ctx.obj or {}).get("command", ()))
     target = cli_target(pids, comm, cgroup, container, command_args)
-    if target.system_wide:
-        raise UsageError("give a target: --pid, --comm, --cgroup, --container or -- COMMAND")
     seconds: float | None = (
         parse_duration("--duration", duration, 0.1, 86400 * 7)
         if duration is not None

@@ -40,6 +40,7 @@ from contend.target import Target
 
 BACKENDS = ("auto", "bpftrace", "tracefs", "procfs")
 SAMPLE_INTERVAL_S = 0.25
+MACHINE_INTERVAL_S = 1.0  # every task of the machine: sampled less often
 
 
 def all_processes(fs: ProcFS, layout: CgroupLayout | None = None) -> tuple[ProcessCpu, ...]:
@@ -182,6 +183,11 @@ def observe(
 ) -> Observation:
     """Watch `target` for `duration_s` (None: until Ctrl-C or the command's exit)."""
     chosen, fallback = choose_backend(backend)
+    if target.system_wide:
+        # The whole machine: every thread's run-queue wait from schedstat (the kernel's
+        # own counters, exact per thread) ranks who waited most; naming who they waited
+        # behind is `diagnose --pid` on one of them.
+        chosen, fallback = "procfs", None
     fs = ProcFS()
     layout = detect_layout()
     watch = _Watch(target, fs, layout, sampling=chosen != "procfs")
@@ -215,7 +221,7 @@ def observe(
         sampled = run_sampled(
             target,
             duration_s,
-            interval_s=SAMPLE_INTERVAL_S,
+            interval_s=MACHINE_INTERVAL_S if target.system_wide else SAMPLE_INTERVAL_S,
             wait=wait,
             on_started=watch.started,
             on_stopping=watch.stopping,
@@ -223,10 +229,15 @@ def observe(
         exit_status = sampled.exit_status
         watch.snapshots = sampled.snapshots
         notes += [
-            "procfs backend: running and runnable time from schedstat; who held the CPU "
-            "while it waited needs root (bpftrace or tracefs)"
+            "whole machine: every thread's running and runnable time from schedstat, "
+            "ranked; diagnose one of them (--pid) to name who it waited behind"
+            if target.system_wide
+            else "procfs backend: running and runnable time from schedstat; who held the "
+            "CPU while it waited needs root (bpftrace or tracefs)"
         ]
-        notes += [n for n in sampled.notes if not n.startswith("procfs backend:")]
+        notes += [
+            n for n in sampled.notes if not n.startswith(("procfs backend:", "no target given"))
+        ]
         overhead = Overhead(tracer_cpu_s=sampled.tracer_cpu_s, events=0)
     else:
         raise ContendError("diagnose --backend tracefs: not built yet; use bpftrace or procfs")
@@ -236,6 +247,7 @@ def observe(
         if p.pid in holder_pids and p.cgroup is not None:
             task_cgroups.setdefault(p.pid, p.cgroup)
     return Observation(
+        system_wide=target.system_wide,
         target=target.describe(),
         backend=chosen,
         start_ns=watch.start_ns,

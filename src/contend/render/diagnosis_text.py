@@ -71,30 +71,36 @@ def render(d: Diagnosis, shares: int = 10) -> str:
             f"  {'(' + str(len(rest)) + ' more)':<52} {sum(s.pct for s in rest):5.1f}%  "
             f"{_ms(sum(s.ns for s in rest)):>9}"
         )
-    out += ["", "Causes, by share of the time it wanted a CPU"]
-    if not d.causes:
+    if not d.system_wide:
+        out += ["", "Causes, by share of the time it wanted a CPU"]
+    if not d.causes and not d.system_wide:
         out.append("  none: it never waited long enough to name one")
     for i, cause in enumerate(d.causes, 1):
         out += _wrap(f"{i}. [{cause.kind}] {cause.sentence}", "  ", "     ")
         if cause.advice:
             out += _wrap(f"what to do: {cause.advice}", "     ", "       ")
     if d.processes:
-        out += ["", "Processes"]
+        title = "Processes that waited most" if d.system_wide else "Processes"
+        out += ["", title]
         out.append(
-            f"  {'PID':>7} {'COMM':<16} {'running':>9} {'runnable':>9} {'sleeping':>9} {'wait/run':>8}"
+            f"  {'PID':>7} {'COMM':<15} {'running':>9} {'waited':>9} {'wait/run':>8} "
+            f"{'severity':<8} cgroup"
         )
-        order = sorted(
-            d.processes, key=lambda p: -(p.breakdown.get("running", 0) + _runnable(p.breakdown))
-        )
+        order = list(d.processes)
+        if not d.system_wide:
+            order.sort(key=lambda p: -(p.breakdown.get("running", 0) + _runnable(p.breakdown)))
         for p in order[:15]:
             out.append(
-                f"  {p.pid:>7} {_cut(p.comm, 16):<16} {_ms(p.breakdown.get('running', 0)):>9} "
-                f"{_ms(_runnable(p.breakdown)):>9} {_ms(p.breakdown.get('sleeping', 0)):>9} "
-                f"{_ratio(p.wait_to_run):>8}"
+                _cut(
+                    f"  {p.pid:>7} {_cut(p.comm, 15):<15} "
+                    f"{_ms(p.breakdown.get('running', 0)):>9} {_ms(_runnable(p.breakdown)):>9} "
+                    f"{_ratio(p.wait_to_run):>8} {p.severity:<8} {p.cgroup or ''}",
+                    WIDTH,
+                )
             )
         if len(order) > 15:
             out.append(f"  ({len(order) - 15} more processes)")
-    out += ["", "Cgroups"]
+    out += ["", "Cgroups that waited most" if d.system_wide else "Cgroups"]
     if not d.cgroups:
         out.append("  none readable")
     for c in d.cgroups:
@@ -109,7 +115,8 @@ def render(d: Diagnosis, shares: int = 10) -> str:
         thr = "n/a" if c.throttled_s is None else f"{c.throttled_s:.2f} s"
         out += _wrap(
             f"quota {quota}, used {used}, throttled in {_pct(c.throttled_periods_ratio)} of "
-            f"periods ({thr}), PSI some {_pct(c.psi_some)} full {_pct(c.psi_full)}",
+            f"periods ({thr}), PSI some {_pct(c.psi_some)} full {_pct(c.psi_full)}; its "
+            f"tasks waited {_ms(c.runnable_ns)} ({c.severity}, wait/run {_ratio(c.wait_to_run)})",
             "    ",
             "    ",
         )
