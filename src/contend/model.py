@@ -576,6 +576,8 @@ class Observation:
     notes: tuple[str, ...] = ()
     exit_status: int | None = None
     system_wide: bool = False  # no target: rank the machine's processes and cgroups
+    followed_cgroup: str | None = None  # the group whose counters each snapshot carries
+    asleep: dict[int, int] = field(default_factory=dict)  # tid -> syscall nr at the start
 
     @property
     def duration_s(self) -> float:
@@ -672,6 +674,9 @@ class Diagnosis:
     notes: tuple[str, ...] = ()
     exit_status: int | None = None
     system_wide: bool = False  # no target: `processes` and `cgroups` are the top waiters
+    # Per sample: the target's CPUs "running" and "waiting" (cpu_cores), its group's
+    # throttling and PSI.
+    series: tuple[SeriesPoint, ...] = ()
     schema: str = SCHEMA_DIAGNOSIS
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -701,6 +706,7 @@ class Diagnosis:
             "overhead": asdict(self.overhead) if self.overhead is not None else None,
             "notes": list(self.notes),
             "exit_status": self.exit_status,
+            "series": [asdict(p) for p in self.series],
         }
 
 
@@ -746,6 +752,7 @@ def diagnosis_from_json_dict(d: dict[str, Any]) -> Diagnosis:
         notes=tuple(d.get("notes", [])),
         exit_status=d.get("exit_status"),
         system_wide=bool(d.get("system_wide", False)),
+        series=tuple(from_dict(SeriesPoint, p) for p in d.get("series", [])),
     )
 
 

@@ -5,6 +5,7 @@ causes (`analyse_arm`). Pure: no kernel access."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 from contend.analysis import breakdown as bd
@@ -28,10 +29,15 @@ from contend.model import (
     Breakdown,
     Cause,
     CgroupReport,
+    CgroupSample,
     Diagnosis,
     Indicator,
     Observation,
+    Pressure,
+    ProcessCpu,
     ProcessReport,
+    SeriesPoint,
+    Snapshot,
     TargetVerdict,
     ThreadReport,
     breakdown_states,
@@ -84,16 +90,83 @@ def _comm(times: object, pid: int) -> str:
     return next((str(t.comm) for t in threads if t.pid == pid and t.comm), "?")
 
 
+# The lab's sandbox and containers use the kernel's default CFS period (sched-bwc.rst).
+PERIOD_US = 100_000
+
+
+def observation_of_arm(
+    record: ArmRecord, target: str, group: str = "the lab's sandbox"
+) -> Observation:
+    """A lab arm as any target's Observation: the target role's tasks, the arm's group
+    (sandbox or container, with the arm's quota) read at its first and last sample, the
+    other roles as names for what held the CPU (the lab's "noise")."""
+    role = record.target_role
+    mine = {pid for pid, r in record.roles.items() if r == role}
+    snaps = tuple(
+        replace(s, tasks=tuple(t for t in s.tasks if t.pid in mine)) for s in record.snapshots
+    )
+    cgroups: tuple[tuple[CgroupSample, CgroupSample], ...] = ()
+    processes: tuple[tuple[ProcessCpu, ...], tuple[ProcessCpu, ...]] = ((), ())
+    psi: tuple[Pressure | None, Pressure | None] = (None, None)
+    if record.snapshots:
+        first, last = record.snapshots[0], record.snapshots[-1]
+        quota = round(record.cpu_limit * PERIOD_US) if record.cpu_limit is not None else None
+        cgroups = tuple(
+            (
+                CgroupSample(
+                    group, first.t_ns, first.cgroup_cpu, first.psi_cgroup, quota, PERIOD_US
+                ),
+                CgroupSample(group, last.t_ns, last.cgroup_cpu, last.psi_cgroup, quota, PERIOD_US),
+            )
+            for _ in (0,)
+            if first.cgroup_cpu is not None or first.psi_cgroup is not None
+        )
+        processes = (_process_cpu(first), _process_cpu(last))
+        psi = (first.psi_system, last.psi_system)
+    return Observation(
+        target=target,
+        backend="bpftrace" if record.sched_times is not None else "procfs",
+        start_ns=record.start_ns,
+        end_ns=record.end_ns,
+        sched_times=record.sched_times,
+        snapshots=snaps,
+        cgroups=cgroups,
+        task_cgroups={pid: group for pid in record.roles if record.roles[pid] != "other"}
+        if cgroups
+        else {},
+        psi_system=psi,
+        syscalls=record.syscalls,
+        roles={pid: r for pid, r in record.roles.items() if r != role},
+        processes=processes,
+    )
+
+
+def _process_cpu(snap: Snapshot) -> tuple[ProcessCpu, ...]:
+    cpu: dict[tuple[int, str], int] = {}
+    start: dict[int, int] = {}
+    for t in snap.tasks:
+        key = (t.pid, t.comm if t.tid == t.pid else "")
+        cpu[key] = cpu.get(key, 0) + (t.on_cpu_ns or 0)
+        if t.tid == t.pid:
+            start[t.pid] = t.start_ticks
+    by_pid: dict[int, ProcessCpu] = {}
+    for (pid, comm), ns in cpu.items():
+        old = by_pid.get(pid)
+        by_pid[pid] = ProcessCpu(
+            pid,
+            comm or (old.comm if old else ""),
+            start.get(pid, 0),
+            ns + (old.cpu_ns if old else 0),
+        )
+    return tuple(by_pid.values())
+
+
 def analyse_arm(record: ArmRecord, target: str) -> ArmResult:
+    """An arm's result: its metrics and verdict's evidence (schedstat, the lab's), its
+    ranked causes from `diagnose` as for any target, its breakdown by process and thread."""
     m = arm_metrics(record)
     parts = breakdowns(record, m)
-    ctx = bd.Context(
-        quota_cpus=record.cpu_limit,
-        quota_cgroup=None,
-        window_ns=record.end_ns - record.start_ns,
-        roles={pid: r for pid, r in record.roles.items() if r != record.target_role},
-    )
-    ranked = bd.causes(parts[0], target, ctx) if parts else ()
+    ranked = diagnose(observation_of_arm(record, target)).causes if parts else ()
     v = verdict(m, target=target, cpu_limit=record.cpu_limit, ranked=ranked)
     times = record.sched_times
     return ArmResult(
@@ -330,7 +403,48 @@ def diagnose(obs: Observation, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> Diagno
         notes=obs.notes,
         exit_status=obs.exit_status,
         system_wide=obs.system_wide,
+        series=target_series(obs.snapshots, clock_ticks),
     )
+
+
+def target_series(
+    snapshots: tuple[Snapshot, ...], clock_ticks: int = CLOCK_TICKS_DEFAULT
+) -> tuple[SeriesPoint, ...]:
+    """Per sampling interval: the target's CPUs running and waiting (schedstat), its
+    followed group's throttled time and PSI (else the system's PSI)."""
+    points = []
+    for prev, cur in itertools.pairwise(snapshots):
+        dt_ns = cur.t_ns - prev.t_ns
+        if dt_ns <= 0:
+            continue
+        deltas = task_deltas((prev, cur), clock_ticks)
+        running = sum(d.on_cpu_ns or 0 for d in deltas) / dt_ns
+        waiting = sum(d.run_queue_wait_ns or 0 for d in deltas) / dt_ns
+        throttled = None
+        if prev.cgroup_cpu is not None and cur.cgroup_cpu is not None:
+            throttled = (
+                (cur.cgroup_cpu.throttled_ns - prev.cgroup_cpu.throttled_ns) / 1e3 / (dt_ns / 1e6)
+            )
+        a, b = (
+            (prev.psi_cgroup, cur.psi_cgroup)
+            if prev.psi_cgroup is not None and cur.psi_cgroup is not None
+            else (prev.psi_system, cur.psi_system)
+        )
+        some = full = None
+        if a is not None and b is not None:
+            some = 100.0 * (b.some_us - a.some_us) * 1e3 / dt_ns
+            if a.full_us is not None and b.full_us is not None:
+                full = 100.0 * (b.full_us - a.full_us) * 1e3 / dt_ns
+        points.append(
+            SeriesPoint(
+                t_s=round((cur.t_ns - snapshots[0].t_ns) / 1e9, 3),
+                cpu_cores={"running": round(running, 4), "waiting": round(waiting, 4)},
+                throttled_ms_per_s=throttled,
+                psi_some_pct=some,
+                psi_full_pct=full,
+            )
+        )
+    return tuple(points)
 
 
 SEVERITIES = ("none", "mild", "moderate", "severe")

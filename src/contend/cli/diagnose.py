@@ -12,7 +12,8 @@ from contend.cli.trace import cli_target
 from contend.errors import UsageError
 from contend.model import Diagnosis
 from contend.monitors.diagnose import BACKENDS, observe
-from contend.render import diagnosis_text
+from contend.render import diagnosis_text, perfetto
+from contend.render import html as render_html
 from contend.render.json import dumps
 from contend.target import parse_duration
 
@@ -37,6 +38,12 @@ DEFAULT_DURATION_S = 10.0
 )
 @click.option("--format", "fmt", default="text", show_default=True, help="text or json.")
 @click.option("-o", "--output", help="Write the diagnosis to this file instead of stdout.")
+@click.option("--html", "html_file", help="Also write an HTML report (self-contained).")
+@click.option(
+    "--perfetto",
+    "perfetto_file",
+    help="Also write the scheduling timeline for ui.perfetto.dev (tracefs backend).",
+)
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -48,6 +55,8 @@ def command(
     backend: str,
     fmt: str,
     output: str | None,
+    html_file: str | None,
+    perfetto_file: str | None,
 ) -> int:
     """Watch a target (or `-- CMD ARGS`, launched) and say whether it waited for CPU, how
     much, and behind what: the verdict, where its time went, the ranked causes with what
@@ -57,9 +66,16 @@ def command(
         raise UsageError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if fmt not in ("text", "json"):
         raise UsageError(f"--format: {fmt!r} is not text or json")
-    if output is not None:
-        check_output_path("-o", output)
-        check_distinct([], {"-o": output})
+    outputs = {"-o": output, "--html": html_file, "--perfetto": perfetto_file}
+    for option, path in outputs.items():
+        if path is not None:
+            check_output_path(option, path)
+    check_distinct([], outputs)
+    if perfetto_file is not None:
+        if backend == "auto":
+            backend = "tracefs"  # the one backend that keeps every event
+        elif backend != "tracefs":
+            raise UsageError("--perfetto needs --backend tracefs (every scheduling event)")
     command_args = tuple((ctx.obj or {}).get("command", ()))
     target = cli_target(pids, comm, cgroup, container, command_args)
     seconds: float | None = (
@@ -67,7 +83,14 @@ def command(
         if duration is not None
         else (None if command_args else DEFAULT_DURATION_S)
     )
-    result = diagnose(observe(target, seconds, backend))
+    if perfetto_file is not None and target.system_wide:
+        raise UsageError("--perfetto needs a target")
+    observation, run = observe(target, seconds, backend)
+    result = diagnose(observation)
+    if html_file is not None:
+        write_output("--html", html_file, render_html.render_diagnosis(result))
+    if perfetto_file is not None and run is not None:
+        write_output("--perfetto", perfetto_file, perfetto.render(run.timeline(), result.target))
     emit(result, fmt, output)
     return result.exit_status if result.exit_status is not None else 0
 

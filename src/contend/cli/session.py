@@ -7,11 +7,15 @@ from pathlib import Path
 
 import click
 
+from contend.analysis.diagnosis import diagnose
 from contend.cli.console import check_distinct, check_output_path, write_output
 from contend.cli.trace import _emit, cli_target
+from contend.collect.cgroups import detect_layout
+from contend.collect.procfs import ProcFS
 from contend.errors import UsageError
 from contend.monitors import MONITORS, TraceOptions
 from contend.monitors import session as sessions
+from contend.monitors.diagnose import Watch, observation_of_session, resolve_holders
 from contend.monitors.tracefs_trace import check_available, run_tracefs
 from contend.render import html as render_html
 from contend.render import perfetto
@@ -51,7 +55,21 @@ def record(
         if pages & (pages - 1):
             raise UsageError(f"--buffer-pages: {pages} is not a power of 2")
     check_available()
-    run = run_tracefs(TraceOptions(MONITORS, target, seconds, buffer_pages=pages))
+    watch = Watch(target, ProcFS(), detect_layout())
+    opts = TraceOptions(
+        MONITORS,
+        target,
+        seconds,
+        buffer_pages=pages,
+        on_started=watch.started,
+        on_stopping=watch.stopping,
+    )
+    try:
+        run = run_tracefs(opts)
+    finally:
+        watch.stopping()
+    run.around = watch.surroundings("tracefs")
+    resolve_holders(run)  # while they live: the file names them as diagnose did
     sessions.save(run, out)
     r = run.result
     click.echo(
@@ -74,7 +92,8 @@ def report(
     perfetto_file: str | None,
     html_file: str | None,
 ) -> int:
-    """Analyse a session file written by `contend record`, with trace's outputs."""
+    """Analyse a session file written by `contend record`, with trace's outputs, and
+    diagnose it as `contend diagnose` does (its `diagnosis`)."""
     if fmt not in ("text", "json"):
         raise UsageError(f"--format: {fmt!r} is not text or json")
     if not Path(session_file).is_file():
@@ -91,5 +110,6 @@ def report(
         write_output(
             "--perfetto", perfetto_file, perfetto.render(run.timeline(), run.result.target)
         )
-    _emit(run.result, fmt, output)
+    diagnosis = diagnose(observation_of_session(run)) if run.slices is not None else None
+    _emit(run.result, fmt, output, diagnosis)
     return 0

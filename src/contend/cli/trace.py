@@ -16,11 +16,11 @@ from contend.collect import bpftrace as bt
 from contend.collect import containers
 from contend.collect.cgroups import detect_layout
 from contend.errors import ContendError, UsageError
-from contend.model import TraceResult
+from contend.model import Diagnosis, TraceResult
 from contend.monitors import MONITORS, TraceOptions, build_program, run_trace
 from contend.monitors.sampled import run_sampled
 from contend.monitors.tracefs_trace import check_available, run_tracefs
-from contend.render import perfetto, trace_text
+from contend.render import diagnosis_text, perfetto, trace_text
 from contend.render.json import dumps
 from contend.target import (
     Target,
@@ -199,11 +199,23 @@ def command(
     return _emit(result, fmt, output)
 
 
-def _emit(result: TraceResult, fmt: str, output: str | None) -> int:
+def _emit(
+    result: TraceResult, fmt: str, output: str | None, diagnosis: Diagnosis | None = None
+) -> int:
+    """Print (or write) a trace result; with `diagnosis`, it follows the tables (text) or
+    is the document's `diagnosis` (JSON)."""
     if result.cpu and result.backend in ("bpftrace", "tracefs"):
         threads = [float(r.on_cpu_ns) for r in result.cpu if r.tid]
         result = dataclasses.replace(result, fairness_index=busy_fairness(threads))
-    text = dumps(result.to_json_dict()) if fmt == "json" else trace_text.render(result)
+    if fmt == "json":
+        doc = result.to_json_dict()
+        if diagnosis is not None:
+            doc["diagnosis"] = diagnosis.to_json_dict()
+        text = dumps(doc)
+    else:
+        text = trace_text.render(result)
+        if diagnosis is not None:
+            text += "\n" + diagnosis_text.render(diagnosis)
     if output is not None:
         write_output("-o", output, text)
     else:

@@ -13,11 +13,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from contend.collect import bpftrace as bt
 from contend.collect.cgroups import (
     CgroupLayout,
     TaskGroup,
     container_in_path,
+    cpu_pressure,
+    cpu_stat,
     detect_layout,
     sample_group,
     task_group,
@@ -26,6 +30,7 @@ from contend.collect.procfs import CLOCK_TICKS, ProcFS, ProcGone
 from contend.collect.sampler import Sampler
 from contend.errors import ContendError
 from contend.model import (
+    CgroupCpuStat,
     CgroupSample,
     Observation,
     Overhead,
@@ -33,9 +38,13 @@ from contend.model import (
     ProcessCpu,
     SchedTimes,
     Snapshot,
+    SyscallRow,
 )
-from contend.monitors import TraceOptions, breakdown, run_trace_output
+from contend.monitors import MONITORS, TraceOptions, breakdown, run_trace_output
 from contend.monitors.sampled import pid_source, run_sampled
+from contend.monitors.tracefs_breakdown import run_window
+from contend.monitors.tracefs_breakdown import sched_times as tracefs_sched_times
+from contend.monitors.tracefs_trace import TracefsRun, check_available, run_tracefs
 from contend.target import Target
 
 BACKENDS = ("auto", "bpftrace", "tracefs", "procfs")
@@ -82,6 +91,21 @@ class GroupWatch:
                 self.groups[group.path] = group
                 self.first[group.path] = sample_group(group, self.layout, now)
 
+    def primary(self) -> TaskGroup | None:
+        """The group followed over time: the tightest quota's, else the one holding most
+        of the processes seen."""
+        limited = [
+            (f.quota_us / f.period_us, path)
+            for path, f in self.first.items()
+            if f.quota_us is not None and f.period_us
+        ]
+        if limited:
+            return self.groups[min(limited)[1]]
+        counts: dict[str, int] = {}
+        for path in self.of_pid.values():
+            counts[path] = counts.get(path, 0) + 1
+        return self.groups[max(counts, key=lambda p: counts[p])] if counts else None
+
     def pairs(self) -> tuple[tuple[CgroupSample, CgroupSample], ...]:
         now = time.monotonic_ns()
         return tuple(
@@ -90,7 +114,7 @@ class GroupWatch:
         )
 
 
-class _Watch:
+class Watch:
     """The sampling that runs beside a trace: started once tracing runs, stopped just
     before it ends."""
 
@@ -109,6 +133,8 @@ class _Watch:
         self.start_ns = self.end_ns = 0
         self.source: Callable[[], list[int]] = list
         self.cgroups: tuple[tuple[CgroupSample, CgroupSample], ...] = ()
+        self.followed: TaskGroup | None = None
+        self.asleep: dict[int, int] = {}
 
     def started(self, launched: int | None) -> None:
         source = pid_source(self.target, self.fs, launched)
@@ -122,10 +148,36 @@ class _Watch:
         self.start_ns = time.monotonic_ns()
         self.processes = (all_processes(self.fs), ())
         self.psi = (self.fs.system_pressure(), None)
-        self.groups.see(source())
+        found = source()
+        self.groups.see(found)
+        self.followed = self.groups.primary()
+        # Threads asleep now, in which syscall: events say nothing of a thread that
+        # sleeps through the whole window (/proc/PID/task/TID/syscall, root).
+        for pid in found:
+            for tid in self.fs.tids(pid):
+                nr = self.fs.blocked_in(pid, tid)
+                if nr is not None:
+                    self.asleep[tid] = nr
         if self.sampling:
-            self.sampler = Sampler(pids, interval_s=SAMPLE_INTERVAL_S, procfs=self.fs)
+            self.sampler = Sampler(
+                pids,
+                interval_s=SAMPLE_INTERVAL_S,
+                cgroup_cpu=self.cgroup_cpu,
+                cgroup_pressure=self.cgroup_pressure,
+                procfs=self.fs,
+            )
             self.sampler.start()
+
+    def surroundings(self, backend: str) -> Observation:
+        """What was read around the events, as an Observation without them."""
+        return _surroundings(self, backend)
+
+    # The followed group's counters, for each sample (None until it is known).
+    def cgroup_cpu(self) -> CgroupCpuStat | None:
+        return cpu_stat(self.followed.dirs) if self.followed is not None else None
+
+    def cgroup_pressure(self) -> Pressure | None:
+        return cpu_pressure(self.followed.dirs) if self.followed is not None else None
 
     def stopping(self) -> None:
         if not self.start_ns or self.end_ns:
@@ -138,6 +190,24 @@ class _Watch:
         self.psi = (self.psi[0], self.fs.system_pressure())
         self.processes = (self.processes[0], all_processes(self.fs, self.layout))
         self.end_ns = time.monotonic_ns()
+
+
+def _surroundings(watch: Watch, backend: str) -> Observation:
+    return Observation(
+        system_wide=watch.target.system_wide,
+        followed_cgroup=watch.followed.path if watch.followed is not None else None,
+        target=watch.target.describe(),
+        backend=backend,
+        start_ns=watch.start_ns,
+        end_ns=watch.end_ns,
+        sched_times=None,
+        snapshots=watch.snapshots,
+        cgroups=watch.cgroups,
+        task_cgroups=dict(watch.groups.of_pid),
+        psi_system=watch.psi,
+        processes=watch.processes,
+        asleep=dict(watch.asleep),
+    )
 
 
 def _resolve_holders(times: SchedTimes, fs: ProcFS) -> SchedTimes:
@@ -180,8 +250,9 @@ def observe(
     duration_s: float | None,
     backend: str = "auto",
     wait: Callable[[float], None] = time.sleep,
-) -> Observation:
-    """Watch `target` for `duration_s` (None: until Ctrl-C or the command's exit)."""
+) -> tuple[Observation, TracefsRun | None]:
+    """Watch `target` for `duration_s` (None: until Ctrl-C or the command's exit); the
+    tracefs run too on that backend (its timeline is the Perfetto file)."""
     chosen, fallback = choose_backend(backend)
     if target.system_wide:
         # The whole machine: every thread's run-queue wait from schedstat (the kernel's
@@ -190,12 +261,13 @@ def observe(
         chosen, fallback = "procfs", None
     fs = ProcFS()
     layout = detect_layout()
-    watch = _Watch(target, fs, layout, sampling=chosen != "procfs")
+    watch = Watch(target, fs, layout, sampling=chosen != "procfs")
     notes: list[str] = []
     if fallback is not None:
         notes.append(f"backend auto -> procfs: {fallback}")
     times: SchedTimes | None = None
-    rows = None
+    tracefs_run: TracefsRun | None = None
+    rows: tuple[SyscallRow, ...] | None = None
     lost = 0
     overhead: Overhead | None = None
     exit_status: int | None = None
@@ -208,7 +280,10 @@ def observe(
             on_started=watch.started,
             on_stopping=watch.stopping,
         )
-        result, out = run_trace_output(opts, wait)
+        try:
+            result, out = run_trace_output(opts, wait)
+        finally:
+            watch.stopping()
         times = breakdown.sched_times(out)
         if times is not None:
             times = _resolve_holders(times, fs)
@@ -223,6 +298,8 @@ def observe(
             duration_s,
             interval_s=MACHINE_INTERVAL_S if target.system_wide else SAMPLE_INTERVAL_S,
             wait=wait,
+            cgroup_cpu=watch.cgroup_cpu,
+            cgroup_pressure=watch.cgroup_pressure,
             on_started=watch.started,
             on_stopping=watch.stopping,
         )
@@ -240,28 +317,81 @@ def observe(
         ]
         overhead = Overhead(tracer_cpu_s=sampled.tracer_cpu_s, events=0)
     else:
-        raise ContendError("diagnose --backend tracefs: not built yet; use bpftrace or procfs")
-    holder_pids = {o.pid for o in times.occupants if o.pid} if times is not None else set()
-    task_cgroups = dict(watch.groups.of_pid)
-    for p in watch.processes[1]:
-        if p.pid in holder_pids and p.cgroup is not None:
-            task_cgroups.setdefault(p.pid, p.cgroup)
-    return Observation(
-        system_wide=target.system_wide,
-        target=target.describe(),
-        backend=chosen,
-        start_ns=watch.start_ns,
-        end_ns=watch.end_ns,
-        sched_times=times,
-        snapshots=watch.snapshots,
-        cgroups=watch.cgroups,
-        task_cgroups=task_cgroups,
-        psi_system=watch.psi,
-        syscalls=rows,
-        processes=watch.processes,
-        containers=_containers(task_cgroups.values()),
-        lost_events=lost,
-        overhead=overhead,
-        notes=tuple(notes),
-        exit_status=exit_status,
+        check_available()
+        opts = TraceOptions(
+            MONITORS, target, duration_s, on_started=watch.started, on_stopping=watch.stopping
+        )
+        try:
+            run = run_tracefs(opts, wait)
+        finally:
+            watch.stopping()  # a run that failed after it started: the sampler ends too
+        run.around = watch.surroundings("tracefs")
+        recorded = observation_of_session(run)
+        return replace(recorded, notes=(*notes, *recorded.notes)), run
+    around = watch.surroundings(chosen)
+    observation = with_holders(
+        replace(
+            around,
+            sched_times=times,
+            syscalls=rows,
+            lost_events=lost,
+            overhead=overhead,
+            notes=tuple(notes),
+            exit_status=exit_status,
+        )
     )
+    return observation, tracefs_run
+
+
+def with_holders(obs: Observation) -> Observation:
+    """The cgroups (and containers) of the tasks that held the target's CPUs too, from
+    every process's group as read at the end."""
+    holders = {o.pid for o in obs.sched_times.occupants if o.pid} if obs.sched_times else set()
+    task_cgroups = dict(obs.task_cgroups)
+    for p in obs.processes[1]:
+        if p.pid in holders and p.cgroup is not None:
+            task_cgroups.setdefault(p.pid, p.cgroup)
+    return replace(obs, task_cgroups=task_cgroups, containers=_containers(task_cgroups.values()))
+
+
+def observation_of_session(run: TracefsRun) -> Observation:
+    """A recorded session (or a finished tracefs run) as an Observation: its events'
+    breakdown within what was recorded around them (`run.around`: the window, the
+    threads asleep at its start, the cgroups, the samples), else within its first and
+    last event."""
+    around = run.around
+    window = (around.start_ns, around.end_ns) if around is not None else run_window(run)
+    asleep = around.asleep if around is not None else None
+    times = tracefs_sched_times(run, window=window, asleep=asleep, machine=run.machine)
+    r = run.result
+    base = around or Observation(
+        target=r.target,
+        backend="tracefs",
+        start_ns=window[0],
+        end_ns=window[1],
+        sched_times=None,
+        snapshots=(),
+    )
+    return with_holders(
+        replace(
+            base,
+            target=r.target,
+            backend="tracefs",
+            sched_times=times,
+            syscalls=r.syscalls,
+            lost_events=r.lost_events,
+            overhead=r.overhead,
+            notes=r.notes,
+            exit_status=r.exit_status,
+        )
+    )
+
+
+def resolve_holders(run: TracefsRun) -> None:
+    """Learn now (from /proc) the process and name of each task that held a CPU in the
+    run, so that a session file saved next names them without this machine."""
+    if run.occupancy is not None:
+        for tid in np.unique(run.occupancy.tid).tolist():
+            if tid:
+                run.tasks.pid_of(int(tid))
+                run.tasks.comm_of(int(tid))

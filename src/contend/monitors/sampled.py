@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contend.collect.procfs import ProcFS
 from contend.collect.sampler import Sampler
 from contend.errors import ContendError, Terminated
-from contend.model import ProcessEvent, SampledTrace, Snapshot
+from contend.model import CgroupCpuStat, Pressure, ProcessEvent, SampledTrace, Snapshot
 from contend.target import Target
 
 DEFAULT_INTERVAL_S = 0.1
@@ -64,6 +64,8 @@ def run_sampled(
     wait: Callable[[float], None] = time.sleep,
     on_started: Callable[[int | None], None] | None = None,
     on_stopping: Callable[[], None] | None = None,
+    cgroup_cpu: Callable[[], CgroupCpuStat | None] | None = None,
+    cgroup_pressure: Callable[[], Pressure | None] | None = None,
 ) -> SampledTrace:
     """`on_started`/`on_stopping`: told when sampling runs (with the launched command's
     pid) and just before it ends."""
@@ -75,7 +77,13 @@ def run_sampled(
             raise ContendError(f"command not found: {target.command[0]}", exit_code=127)
         launched = subprocess.Popen([path, *target.command[1:]])
     source = pid_source(target, fs, launched.pid if launched else None)
-    sampler = Sampler(source, interval_s=interval_s, procfs=fs)
+    sampler = Sampler(
+        source,
+        interval_s=interval_s,
+        cgroup_cpu=cgroup_cpu,
+        cgroup_pressure=cgroup_pressure,
+        procfs=fs,
+    )
     notes = [
         "procfs backend: sampled every "
         f"{interval_s * 1000:.0f} ms; tasks shorter than that are missed; no syscall latency, "

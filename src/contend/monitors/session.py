@@ -8,7 +8,10 @@ CPU, every task's tgid and name as known at the end of the run, the initial targ
 tasks, the paths of opened files read from /proc during the run, and the machine
 (`platform.machine()`: its syscall numbers are used to name the calls).
 
-Changelog: contend.session/1 (0.1.0): first version.
+Changelog: contend.session/1 (0.1.0): first version; (0.3.0) additive: `around`, what
+`record` read around the events (the window, the threads asleep at its start, the
+cgroups of the target's tasks at the start and the end, their samples, every process's
+CPU time), so that `report` diagnoses the file as `diagnose` did live.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 from contend.collect.tracefs import Capture, Columns
 from contend.errors import ContendError
+from contend.model import Observation, SchemaError, from_dict
 from contend.monitors import MONITORS
 from contend.monitors import timeline as tl
 from contend.monitors.tracefs_trace import TracefsRun, analyse
@@ -62,6 +66,10 @@ def save(run: TracefsRun, path: Path) -> None:
         "comm": {str(t): c for t, c in run.tasks.comm.items()},
         "paths": [[t, ts, p] for (t, ts), p in run.paths.items()],
     }
+    if run.around is not None:
+        meta["around"] = dataclasses.asdict(
+            dataclasses.replace(run.around, sched_times=None, syscalls=None)
+        )
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     try:
         # What np.savez_compressed writes, at deflate level 1: 3.4x faster on 10M events
@@ -88,6 +96,8 @@ def load(path: Path) -> TracefsRun:
         raise ContendError(
             f"{path}: not a consistent contend session ({type(e).__name__})"
         ) from None
+    if isinstance(meta.get("around"), dict):
+        run.around = _around(meta["around"], path)
     run.result = dataclasses.replace(
         run.result,
         target=str(meta["target"]),
@@ -143,3 +153,19 @@ def _read(
     )
     paths = {(int(t), int(ts)): str(p) for t, ts, p in meta["paths"]}
     return capture, tasks, paths, meta
+
+
+def _around(d: dict[str, Any], path: Path) -> Observation:
+    """What `record` read around the events (JSON keys of pid maps are strings)."""
+    try:
+        obs = from_dict(Observation, d)
+        return dataclasses.replace(
+            obs,
+            task_cgroups={int(k): str(v) for k, v in obs.task_cgroups.items()},
+            roles={int(k): str(v) for k, v in obs.roles.items()},
+            asleep={int(k): int(v) for k, v in obs.asleep.items()},
+        )
+    except (SchemaError, KeyError, TypeError, ValueError) as e:
+        raise ContendError(
+            f"{path}: not a consistent contend session ({type(e).__name__})"
+        ) from None

@@ -30,6 +30,7 @@ from contend.model import (
     FileRow,
     IoEvent,
     IoRow,
+    Observation,
     Occupant,
     Overhead,
     PreemptorRow,
@@ -108,6 +109,9 @@ class TracefsRun:
     occupancy: tl.Occupancy | None = None
     paths: dict[tuple[int, int], str] = dataclasses.field(default_factory=dict)
     calls: tl.Calls | None = None
+    machine: str | None = None  # the recording machine (its syscall numbers)
+    # What was read around the events (diagnose, record): the window, cgroups, samples.
+    around: Observation | None = None
 
     def events(self, machine: str | None = None) -> list[TraceEvent]:
         """The original document's per-event lines (--events), in time order, from the
@@ -290,6 +294,8 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
         tracer.start()
         if launched is not None:
             launched.release()
+        if opts.on_started is not None:
+            opts.on_started(launched.proc.pid if launched is not None else None)
         deadline = started + opts.duration_s if opts.duration_s else None
         last_read = next_read = started
         every = opts.interval_s if opts.on_interval is not None else None
@@ -331,6 +337,8 @@ def run_tracefs(opts: TraceOptions, wait: Callable[[float], None] = time.sleep) 
         except (KeyboardInterrupt, Terminated):
             notes.append("stopped by a signal before the end")
         ended = time.monotonic()
+        if opts.on_stopping is not None:
+            opts.on_stopping()
         capture = tracer.finish()
         reading_cpu_s = time.process_time() - cpu0
     finally:
@@ -450,7 +458,7 @@ def _analyse(
         longest_waits=tuple(longest),
         waited_behind=tuple(behind),
     )
-    return TracefsRun(result, capture, tasks, slices, occ, calls=calls)
+    return TracefsRun(result, capture, tasks, slices, occ, calls=calls, machine=machine)
 
 
 def tl_totals(rows: list[SyscallRow]) -> list[tuple[int, str, int]]:

@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from html import escape
 
 from contend import __version__
-from contend.model import ArmResult, Breakdown, Comparison, HistBucket, LabResult, TraceResult
+from contend.model import (
+    ArmResult,
+    Breakdown,
+    Comparison,
+    Diagnosis,
+    HistBucket,
+    LabResult,
+    TraceResult,
+)
 from contend.render import svg
 
 ARM_COLORS = {"baseline": "#2a9d3a", "contention": "#d62728", "unlimited": "#ff7f0e"}
@@ -482,6 +490,148 @@ def render_trace(result: TraceResult, title: str = "contend report") -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{escape(title)}: {escape(result.target)}</h1>"
+        + "".join(body)
+        + f"<footer>contend {escape(__version__)}: every marked number is in the JSON "
+        "(--format json); the plots are inline SVG.</footer></body></html>\n"
+    )
+
+
+# --- contend diagnose -----------------------------------------------------------------------
+
+
+def _diagnosis_verdict(d: Diagnosis) -> str:
+    v = d.verdict
+    cls = "yes" if v.contention else "no"
+    head = f"CONTENTION, {v.severity}" if v.contention else f"no contention ({v.severity})"
+    out = [f'<div class="verdict {cls}"><h3>{escape(d.target)}: {escape(head)}</h3>']
+    out.append(
+        "<p>wait/run "
+        + _span("verdict.wait_to_run", v.wait_to_run, ".2f")
+        + " &middot; waited per slice "
+        + _span("verdict.wait_per_slice_us", v.wait_per_slice_us, ",.0f", " us")
+        + " &middot; system PSI some "
+        + _span("psi_system_some", d.psi_system_some, ".0%")
+        + "</p>"
+    )
+    out.append(f"<p>{escape(v.summary)}</p>")
+    if d.causes:
+        out.append("<p>Causes, ranked by share of the time it wanted a CPU:</p><ol>")
+        for i, c in enumerate(d.causes):
+            out.append(
+                f"<li>{_span(f'causes[{i}].share_of_demand', c.share_of_demand, '.0%')} "
+                f"{escape(c.sentence)}<br><em>What to do:</em> {escape(c.advice)}</li>"
+            )
+        out.append("</ol>")
+    out.append("</div>")
+    return "".join(out)
+
+
+def _diagnosis_tables(d: Diagnosis) -> str:
+    out = []
+    if d.processes:
+        out.append(
+            "<h2>Processes</h2><table><tr><th>process</th><th>cgroup</th><th>running</th>"
+            "<th>runnable</th><th>sleeping</th><th>wait/run</th><th>severity</th></tr>"
+        )
+        for i, p in enumerate(d.processes[:20]):
+            runnable = sum(
+                p.breakdown.get(s, 0) for s in ("throttled", "queued", "wakeup", "runnable")
+            )
+            out.append(
+                f"<tr><td>{escape(p.comm)} ({p.pid})</td><td>{escape(p.cgroup or '')}</td>"
+                f"<td>{_span(f'processes[{i}].breakdown.running', p.breakdown.get('running', 0), ',d', ' ns')}</td>"
+                f"<td>{runnable:,d} ns</td>"
+                f"<td>{_span(f'processes[{i}].breakdown.sleeping', p.breakdown.get('sleeping', 0), ',d', ' ns')}</td>"
+                f"<td>{_span(f'processes[{i}].wait_to_run', p.wait_to_run, '.2f')}</td>"
+                f"<td>{escape(p.severity)}</td></tr>"
+            )  # fmt: skip
+        out.append("</table>")
+    if d.cgroups:
+        out.append(
+            "<h2>Cgroups</h2><table><tr><th>cgroup</th><th>quota</th><th>used</th>"
+            "<th>throttled periods</th><th>throttled</th><th>PSI some</th><th>PSI full</th></tr>"
+        )
+        for i, c in enumerate(d.cgroups):
+            name = c.path + (f" [container {c.container}]" if c.container else "")
+            out.append(
+                f"<tr><td>{escape(name)}</td>"
+                f"<td>{_span(f'cgroups[{i}].quota_cpus', c.quota_cpus, 'g', ' CPU')}</td>"
+                f"<td>{_span(f'cgroups[{i}].usage_cpus', c.usage_cpus, '.2f', ' CPU')}</td>"
+                f"<td>{_span(f'cgroups[{i}].throttled_periods_ratio', c.throttled_periods_ratio, '.0%')}</td>"
+                f"<td>{_span(f'cgroups[{i}].throttled_s', c.throttled_s, '.2f', ' s')}</td>"
+                f"<td>{_span(f'cgroups[{i}].psi_some', c.psi_some, '.0%')}</td>"
+                f"<td>{_span(f'cgroups[{i}].psi_full', c.psi_full, '.0%')}</td></tr>"
+            )  # fmt: skip
+        out.append("</table>")
+    out.append(
+        "<h2>The original document's indicators, measured here</h2><table><tr><th>metric</th>"
+        "<th>document: contention</th><th>measured</th><th>says</th><th>agrees with the verdict</th></tr>"
+    )
+    for ind in d.indicators:
+        says = {None: "not measured", True: "contention", False: "none"}[ind.indicates_contention]
+        agrees = {None: "-", True: "yes", False: "no"}[ind.agrees]
+        out.append(
+            f"<tr><td>{escape(ind.metric)}</td><td>{escape(ind.reference_contention)}</td>"
+            f"<td>{escape(ind.measured)}</td><td>{says}</td><td>{agrees}</td></tr>"
+        )
+    out.append("</table>")
+    return "".join(out)
+
+
+def _diagnosis_plots(d: Diagnosis) -> str:
+    figs = []
+    pts = d.series
+    if pts:
+        lines = [
+            svg.Line(name, color, [(p.t_s, 100.0 * p.cpu_cores.get(name, 0.0)) for p in pts])
+            for name, color in (("running", STATE_COLORS["running"]), ("waiting", STATE_COLORS["throttled"]))
+        ]  # fmt: skip
+        figs.append(
+            svg.line_chart("CPU: running and waiting for one", lines, "seconds", "% of one CPU")
+        )
+        if any(p.throttled_ms_per_s for p in pts):
+            figs.append(svg.line_chart("Throttled time of its group", [svg.Line("throttled", "#d62728", [(p.t_s, p.throttled_ms_per_s or 0.0) for p in pts])], "seconds", "ms/s"))  # fmt: skip
+        pressure = [svg.Line(label, color, [(p.t_s, getattr(p, attr) or 0.0) for p in pts], dashed=dashed)
+                    for label, color, attr, dashed in (("PSI some %", "#9467bd", "psi_some_pct", False), ("PSI full %", "#1f77b4", "psi_full_pct", True))
+                    if any(getattr(p, attr) is not None for p in pts)]  # fmt: skip
+        if pressure:
+            figs.append(svg.line_chart("CPU pressure", pressure, "seconds", "%", y_max=100))
+    if d.run_queue_us:
+        figs.append(svg.line_chart("Run-queue wait (each wait)", [svg.Line("waits", "#d62728", svg.log2_steps([(b.low, b.high, b.count) for b in d.run_queue_us]))], "microseconds (log)", "% of waits", log_x=True))  # fmt: skip
+    if d.slice_us:
+        figs.append(svg.line_chart("On-CPU slice length", [svg.Line("slices", "#2a9d3a", svg.log2_steps([(b.low, b.high, b.count) for b in d.slice_us]))], "microseconds (log)", "% of slices", log_x=True))  # fmt: skip
+    if not figs:
+        return ""
+    return '<h2>Over time and distributions</h2><div class="grid">' + "".join(f"<figure>{f}</figure>" for f in figs) + "</div>"  # fmt: skip
+
+
+def render_diagnosis(d: Diagnosis, title: str = "contend diagnose") -> str:
+    """One page for a diagnosis: the verdict and its causes first, where the time went,
+    the plots over time (running, waiting, throttling, PSI), the wait and slice
+    histograms, the processes, the cgroups and the document's indicators."""
+    b = d.breakdown
+    body = [
+        f'<p class="sub">Backend {escape(d.backend)}; {d.duration_s:.2f} s; '
+        f"{b.threads} thread{'s' if b.threads != 1 else ''}; "
+        f"{escape(b.source)}; lost events " + _span("lost_events", d.lost_events, "d") + "</p>",
+        _diagnosis_verdict(d),
+        "<h2>Where its time went</h2>",
+        svg.stacked_bars("Share of its threads' wall time", [(d.target[:14], _segments(b))]),
+        "<table><tr><th>state</th><th>share</th></tr>",
+    ]
+    for i, s in enumerate(b.shares):
+        if s.pct >= 0.1:
+            label = f"{s.state} {s.detail}".strip()
+            body.append(f"<tr><td>{escape(label)}</td><td>{_span(f'shares[{i}].pct', s.pct, '.1f', '%')}</td></tr>")  # fmt: skip
+    body.append("</table>")
+    body.append(_diagnosis_plots(d))
+    body.append(_diagnosis_tables(d))
+    if d.notes:
+        body.append('<ul class="evidence">' + "".join(f"<li>{escape(n)}</li>" for n in d.notes) + "</ul>")  # fmt: skip
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
+        f"<h1>{escape(title)}: {escape(d.target)}</h1>"
         + "".join(body)
         + f"<footer>contend {escape(__version__)}: every marked number is in the JSON "
         "(--format json); the plots are inline SVG.</footer></body></html>\n"
