@@ -557,6 +557,39 @@ def test_trace_cpu_sees_the_noise_push_the_app_off_the_cpu(
     assert noise_cpu > app_cpu, (noise_cpu, app_cpu)
 
 
+def _diagnose(*args: str) -> dict[str, Any]:
+    need(bt.available()[0], f"needs bpftrace: {bt.available()[1]}")
+    done = subprocess.run(
+        [*contend_command(), "diagnose", *args, "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    doc: dict[str, Any] = json.loads(done.stdout)
+    return doc
+
+
+@pytest.mark.kernel
+def test_diagnose_names_the_noise_and_the_quota(container: Running) -> None:
+    """The lab image with its noise on, under load: the app's worker waits behind the
+    noise (a neighbour in its own container) and the container's 0.5-CPU quota; the
+    container as a target waits behind its own processes, the noise named."""
+    worker = _app_worker(container)
+    with Load(container.port, count=20, interval_s=0.2):
+        one = _diagnose("--pid", str(worker), "--duration", "3")
+        whole = _diagnose("--container", container.name, "--duration", "3")
+    assert one["verdict"]["contention"] is True
+    kinds = {c["kind"]: c for c in one["causes"]}
+    assert "contend-noise" in kinds["neighbour"]["comms"], one["causes"]
+    assert kinds["neighbour"]["cgroup"] and "container" in kinds["neighbour"]["cgroup"]
+    assert "quota" in kinds, one["causes"]
+    limited = [c for c in one["cgroups"] if c["quota_cpus"] is not None]
+    assert [c["quota_cpus"] for c in limited] == [pytest.approx(0.5)]
+    assert whole["verdict"]["contention"] is True
+    own = next(c for c in whole["causes"] if c["kind"] == "own_threads")
+    assert "contend-noise" in own["comms"], whole["causes"]
+    assert {"contend-app", "contend-noise"} <= {p["comm"] for p in whole["processes"]}
+
+
 @pytest.mark.kernel
 def test_trace_process_and_io_see_an_exec_inside_the_container(
     container: Running, host_decoy: int, tmp_path: Path

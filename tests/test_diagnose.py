@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from browser import json_value, open_page
 from conftest import AS_NOBODY, contend_command, need
 from contend.analysis.diagnosis import diagnose, severity_of
 from contend.collect.cgroups import (
@@ -40,7 +41,7 @@ from contend.render import diagnosis_text
 S = 1_000_000_000
 
 
-def _victim_and_hog() -> Observation:
+def victim_and_hog() -> Observation:
     victim = ThreadTime(10, 10, "victim", running_ns=2 * S, runnable_ns=2 * S,
                         sleeping_ns={"clock_nanosleep": S}, wall_ns=5 * S)  # fmt: skip
     occupants = (
@@ -69,7 +70,7 @@ def _victim_and_hog() -> Observation:
 
 
 def test_a_neighbour_is_the_first_cause_with_its_share_and_its_container() -> None:
-    d = diagnose(_victim_and_hog())
+    d = diagnose(victim_and_hog())
     # Idle time while waiting (0.2 s) is wake-up latency: not others' doing, not counted.
     assert d.verdict.contention and d.verdict.severity == "moderate"
     assert d.verdict.wait_to_run == pytest.approx(0.9)
@@ -88,7 +89,7 @@ def test_a_neighbour_is_the_first_cause_with_its_share_and_its_container() -> No
 
 
 def test_the_diagnosis_json_reads_back_the_same() -> None:
-    d = diagnose(_victim_and_hog())
+    d = diagnose(victim_and_hog())
     doc = json.loads(json.dumps(d.to_json_dict()))
     assert doc["schema"] == "contend.diagnosis/1"
     assert doc["breakdown"] == {
@@ -103,7 +104,7 @@ def test_the_diagnosis_json_reads_back_the_same() -> None:
 
 
 def test_a_quota_names_its_group_and_the_demand() -> None:
-    obs = _victim_and_hog()
+    obs = victim_and_hog()
     throttled = dict(
         cgroups=(
             (
@@ -221,14 +222,32 @@ def _stop(*procs: subprocess.Popen[bytes]) -> None:
         p.wait()
 
 
-def test_a_pinned_hog_is_the_first_cause(root_bpftrace: None) -> None:
+@pytest.mark.parametrize("backend", ["bpftrace", "tracefs"])
+def test_a_pinned_hog_is_the_first_cause(root_bpftrace: None, backend: str, tmp_path: Path) -> None:
+    """The same answer from the in-kernel aggregation and from every event; the HTML
+    page shows the JSON's numbers."""
     victim, hog = _pinned(), _pinned()
+    page = tmp_path / "d.html"
     try:
         time.sleep(0.3)
-        doc = _diagnose("--pid", str(victim.pid), "--duration", "3")
+        doc = _diagnose(
+            "--pid", str(victim.pid), "--duration", "3", "--backend", backend,
+            "--html", str(page),
+        )  # fmt: skip
     finally:
         _stop(victim, hog)
-    assert doc["backend"] == "bpftrace" and doc["verdict"]["contention"] is True
+    shown = open_page(page)
+    assert shown.console_errors == [] and shown.drawn_series >= 4
+    assert len(shown.marked) >= 10
+    for key, (raw, text) in shown.marked.items():
+        want = json_value(doc, key)
+        if want is None:
+            assert raw == "" and text == "n/a", key
+        else:
+            assert isinstance(want, int | float)
+            assert float(raw) == pytest.approx(float(want)), key
+    assert f"(PID {hog.pid})" in page.read_text()  # named where the time went
+    assert doc["backend"] == backend and doc["verdict"]["contention"] is True
     first = doc["causes"][0]
     assert first["kind"] == "neighbour" and first["pids"] == [hog.pid], first
     assert first["ns"] >= 0.8 * _runnable(doc)
@@ -329,3 +348,43 @@ def test_no_target_ranks_the_starved_above_the_idle(root_bpftrace: None) -> None
     quota = [c for c in doc["cgroups"] if c["quota_cpus"] is not None]
     assert [c["quota_cpus"] for c in quota] == [pytest.approx(0.2)]
     assert quota[0]["severity"] == "severe" and limited.pid in quota[0]["pids"]
+
+
+def test_compare_of_two_sessions_tells_their_waits_apart(
+    root_bpftrace: None, tmp_path: Path
+) -> None:
+    """Case 1 (a pinned hog) against case 3 (a sleeper alone), recorded with tracefs and
+    compared from the files; `report` diagnoses each file as diagnose does."""
+    victim, hog = _pinned(), _pinned()
+    sleeper = subprocess.Popen([sys.executable, "-c", SLEEPER])
+    contended, alone = tmp_path / "contended.session", tmp_path / "alone.session"
+    try:
+        time.sleep(0.3)
+        for pid, path in ((victim.pid, contended), (sleeper.pid, alone)):
+            done = subprocess.run(
+                [*contend_command(), "record", "--pid", str(pid), "--duration", "2",
+                 "-o", str(path)],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+    finally:
+        _stop(victim, hog, sleeper)
+    done = subprocess.run(
+        [*contend_command(), "compare", str(alone), str(contended), "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (c,) = json.loads(done.stdout)["comparisons"]
+    rq = next(t for t in c["tests"] if t["name"] == "run-queue wait")
+    assert rq["p_value"] < 0.001 and rq["cliffs_delta"] > 0.9, rq
+    assert rq["median_b"] >= 10 * rq["median_a"]  # ms behind the hog, us alone
+    assert c["conclusion"].startswith("contended.session waits longer for a CPU than alone")
+    report = subprocess.run(
+        [*contend_command(), "report", str(contended), "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    d = json.loads(report.stdout)["diagnosis"]
+    assert d["schema"] == "contend.diagnosis/1" and d["backend"] == "tracefs"
+    assert d["verdict"]["contention"] is True
+    assert d["causes"][0]["kind"] == "neighbour" and d["causes"][0]["pids"] == [hog.pid]

@@ -13,7 +13,7 @@ import pytest
 from browser import ink_fraction, json_value, open_page
 from conftest import contend_command
 from contend.analysis.compare import compare_arms, mann_whitney
-from contend.analysis.diagnosis import analyse_arm
+from contend.analysis.diagnosis import analyse_arm, diagnose
 from contend.analysis.verdict import reference_rows, separating_rows
 from contend.model import (
     ArmRecord,
@@ -31,6 +31,7 @@ from contend.model import (
     lab_from_json_dict,
 )
 from contend.render import html
+from test_diagnose import victim_and_hog
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -106,7 +107,9 @@ def test_diagnosis_on_known_sessions(lab: LabResult) -> None:
     # Of 8.4 s of demand (0.4 running + 8 waiting), 6 s throttled and 2 s behind the noise.
     assert (top.kind, top.ns, round(top.share_of_demand, 4)) == ("quota", 6 * S, 0.7143)
     assert cont.verdict.ranked[1].who == "the noise" and cont.verdict.ranked[1].pids == (20,)
-    assert cont.verdict.causes[0].startswith("Runnable but throttled by the 0.5-CPU quota: 71%")
+    assert cont.verdict.causes[0].startswith(
+        "Runnable but throttled by the 0.5-CPU quota of the lab's sandbox: 71%"
+    )
     assert [c.kind for c in unl.verdict.ranked] == ["neighbour"]
     assert unl.verdict.ranked[0].share_of_demand == pytest.approx(0.6)
     assert [b.label for b in cont.breakdown] == ["app", "app: contend-app (TID 10)"]
@@ -182,7 +185,9 @@ def test_compare_command(lab: LabResult, tmp_path: Path) -> None:
     [
         (["missing.json"], "missing.json: no such file"),
         (["bad.json"], "bad.json: not JSON"),
-        (["other.json"], "not a contend lab result"),
+        (["other.json"], "other.json: schema 'contend.trace/1': expected a lab result"),
+        (["binary.bin"], "binary.bin: not text, not a session file: expected a lab result"),
+        (["lab.json", "diag.json"], "lab.json: a lab result; compare it with another lab"),
         (["lab.json", "--arm", "nope"], "--arm: no arm 'nope'"),
     ],
 )
@@ -192,6 +197,8 @@ def test_compare_bad_input_is_one_line(
     (tmp_path / "lab.json").write_text(json.dumps(lab.to_json_dict()))
     (tmp_path / "bad.json").write_text("{nope")
     (tmp_path / "other.json").write_text('{"schema": "contend.trace/1"}')
+    (tmp_path / "binary.bin").write_bytes(b"\xc7\x00\xff" * 10)
+    (tmp_path / "diag.json").write_text(json.dumps(diagnose(victim_and_hog()).to_json_dict()))
     done = subprocess.run([*contend_command(), "compare", *args], capture_output=True,
                           text=True, timeout=60, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2

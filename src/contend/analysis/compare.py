@@ -16,7 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from contend.model import ArmResult, Comparison, DistributionTest, HistBucket, MetricDelta
+from contend.model import (
+    ArmResult,
+    Comparison,
+    Diagnosis,
+    DistributionTest,
+    HistBucket,
+    MetricDelta,
+)
 
 SIGNIFICANCE = 0.01
 EFFECT_BANDS = ((0.474, "large"), (0.33, "medium"), (0.147, "small"))
@@ -193,3 +200,63 @@ def conclusion(
         return f"{lb} is no different from {la}: {detail}."
     word = "slower" if lat.cliffs_delta > 0 else "faster"
     return f"{lb} is {word} than {la}: {detail}."
+
+
+def _running_share(d: Diagnosis) -> float | None:
+    wall = d.breakdown.wall_ns
+    return 100.0 * d.breakdown.total("running") / wall if wall else None
+
+
+def _throttled(d: Diagnosis) -> float | None:
+    ratios = [c.throttled_periods_ratio for c in d.cgroups if c.quota_cpus is not None]
+    known = [r for r in ratios if r is not None]
+    return _pct(max(known)) if known else None
+
+
+def compare_diagnoses(a: Diagnosis, b: Diagnosis, label_a: str, label_b: str) -> Comparison:
+    """Two diagnoses (of any targets, from any backend): their run-queue wait and slice
+    distributions tested, their verdict numbers side by side, one conclusion."""
+    tests = []
+    if a.run_queue_us and b.run_queue_us:
+        tests.append(
+            distribution_test(
+                "run-queue wait", "us", _from_hist(a.run_queue_us), _from_hist(b.run_queue_us)
+            )
+        )
+    if a.slice_us and b.slice_us:
+        tests.append(
+            distribution_test("on-CPU slice", "us", _from_hist(a.slice_us), _from_hist(b.slice_us))
+        )
+    metrics = (
+        _delta("wait/run", "", a.verdict.wait_to_run, b.verdict.wait_to_run),
+        _delta(
+            "run-queue wait per slice",
+            "us",
+            a.verdict.wait_per_slice_us,
+            b.verdict.wait_per_slice_us,
+        ),
+        _delta("running", "% of wall", _running_share(a), _running_share(b)),
+        _delta("throttled periods", "%", _throttled(a), _throttled(b)),
+        _delta("system PSI some", "%", _pct(a.psi_system_some), _pct(b.psi_system_some)),
+    )
+    return Comparison(
+        label_a, label_b, tuple(tests), metrics, diagnosis_conclusion(a, b, label_a, label_b, tests)
+    )
+
+
+def diagnosis_conclusion(
+    a: Diagnosis, b: Diagnosis, la: str, lb: str, tests: Sequence[DistributionTest]
+) -> str:
+    verdicts = f"verdicts {a.verdict.severity} -> {b.verdict.severity}"
+    rq = next((t for t in tests if t.name == "run-queue wait"), None)
+    if rq is None or rq.cliffs_delta is None or rq.median_ratio is None:
+        return f"{la} vs {lb}: {verdicts}; no run-queue wait distribution in both to test."
+    detail = (
+        f"median run-queue wait {rq.median_a:.0f} -> {rq.median_b:.0f} us "
+        f"({_times(rq.median_ratio)}, Cliff's delta {rq.cliffs_delta:+.2f} {rq.effect}, "
+        f"{_fmt_p(rq.p_value)}); {verdicts}"
+    )
+    if not rq.significant or rq.effect == "negligible":
+        return f"{lb} waits for a CPU no differently from {la}: {detail}."
+    word = "longer" if rq.cliffs_delta > 0 else "shorter"
+    return f"{lb} waits {word} for a CPU than {la}: {detail}."
