@@ -203,11 +203,12 @@ def causes(b: Breakdown, target: str, ctx: Context | None = None) -> tuple[Cause
     demand = demand_ns(b)
     if demand <= 0:
         return ()
+    quota_name = f"the {ctx.quota_cpus:g}-CPU quota" if ctx.quota_cpus else "the CPU quota"
     grouped: dict[tuple[str, str], int] = defaultdict(int)
     members: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
     for s in b.shares:
         if s.state == THROTTLED:
-            key = ("quota", "the CPU quota")
+            key = ("quota", quota_name)
         elif s.state == QUEUED and s.detail.startswith(_OWN):
             key = ("own_threads", "its own threads")
         elif s.state == QUEUED:
