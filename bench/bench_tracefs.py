@@ -6,7 +6,7 @@
 2. A session of `--analyse` records (default 10M) of the cpu monitor's events, made of
    real pages replicated: decoded in batches as a run decodes them, analysed (slices,
    waits, occupancy, the longest waits), saved, then `contend report FILE` on it in a
-   fresh process, timed end to end.
+   fresh process, timed end to end (it diagnoses the session too, as `diagnose` does).
 3. At the issue's event rate: a pipe ping-pong paced to 11k round trips/s, then to 20k
    (about 60k events/s in all); `contend trace cpu --backend tracefs` on it: its
    CPU time (% of one core; while tracing, and in all), events, losses; then `perf sched
@@ -208,6 +208,8 @@ def bench_session(records: int, directory: Path) -> dict[str, float]:
     )  # fmt: skip
     report_s = time.perf_counter() - t
     assert done.returncode == 0, done.stderr
+    doc = json.loads((directory / "big.json").read_text())
+    assert doc["diagnosis"]["schema"] == "contend.diagnosis/1"  # report diagnoses it too
     return {"records": n, "decode_s": decode_s, "analyse_s": analyse_s, "save_s": save_s,
             "report_s": report_s, "mb": path.stat().st_size / 1e6}  # fmt: skip
 
@@ -321,7 +323,10 @@ def report_session(records: int) -> None:
     print(f"  while recording: decoded in batches in {a['decode_s']:.1f} s")
     print(f"  at the end of the run: analysed in {a['analyse_s']:.1f} s, saved in "
           f"{a['save_s']:.1f} s ({a['mb']:.0f} MB)")  # fmt: skip
-    print(f"  contend report FILE (fresh process: load + analyse + JSON): {a['report_s']:.1f} s")
+    print(
+        "  contend report FILE (fresh process: load + analyse + diagnose + JSON): "
+        f"{a['report_s']:.1f} s"
+    )
 
 
 def report_rate(rate: float, seconds: float) -> None:
