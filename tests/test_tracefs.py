@@ -328,6 +328,10 @@ def test_slices_waits_and_who_held_the_cpu() -> None:
     assert (a.on_cpu_ns, a.slices, a.voluntary_switches, a.involuntary_switches) == (600, 3, 2, 1)
     assert a.wakeups == 1 and a.run_queue_latency.count == 2
     assert a.run_queue_latency.avg_ns == 100.0  # (200 + 0) / 2
+    # Every wait is known: each thread's percentiles are exact (numpy's linear rule).
+    assert (a.run_queue_latency.p50_ns, a.run_queue_latency.p99_ns) == (100.0, 198.0)
+    assert sum(b.count for b in a.run_queue_latency.hist) == 2
+    assert sum(b.count for b in a.slice_hist) == 3
     assert [(p.pid, p.comm, p.count) for p in preemptors] == [(20, "b", 1)]
     occ = tl.occupancy(capture, slices)
     longest, behind = tl.waits_behind(slices, occ, tasks)

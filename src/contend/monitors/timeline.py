@@ -610,6 +610,11 @@ def cpu_rows(
     rq_n = _sum_by(slices.wait_tid)
     rq_sum = _sum_by(slices.wait_tid, wait)
     tids = set(on_ns) | set(vol) | set(invol) | set(wakeups) | set(rq_n)
+    # Every wait is here: each thread's percentiles exactly (numpy's linear rule), and
+    # its own histograms of waits and slices.
+    q_wait = _per_tid_quantiles(slices.wait_tid, wait, (50.0, 99.0))
+    wait_hists = _per_tid_hists(slices.wait_tid, wait)
+    slice_hists = _per_tid_hists(slices.tid, dur)
     rows = []
     for tid in tids:
         rows.append(
@@ -625,11 +630,11 @@ def cpu_rows(
                 run_queue_latency=RunQueueLatency(
                     count=rq_n[tid],
                     avg_ns=rq_sum[tid] / rq_n[tid] if rq_n[tid] else None,
-                    p50_ns=None,
-                    p99_ns=None,
-                    hist=(),
+                    p50_ns=q_wait.get(tid, (None, None))[0],
+                    p99_ns=q_wait.get(tid, (None, None))[1],
+                    hist=wait_hists.get(tid, ()),
                 ),
-                slice_hist=(),
+                slice_hist=slice_hists.get(tid, ()),
             )
         )
     rows.sort(key=lambda r: (-r.on_cpu_ns, r.pid, r.tid))
@@ -651,6 +656,28 @@ def cpu_rows(
         )
         rows.append(cpu_monitor.total_row(rows, total, log2_hist(dur // 1000)))
     return rows, preemptors
+
+
+def _groups(tids: I64, values: I64) -> list[tuple[int, I64]]:
+    """(tid, its values ascending) for each tid, from one sort."""
+    if len(tids) == 0:
+        return []
+    order = np.lexsort((values, tids))
+    t, v = tids[order], values[order]
+    cuts = np.flatnonzero(t[1:] != t[:-1]) + 1
+    starts = np.r_[0, cuts]
+    ends = np.r_[cuts, len(t)]
+    return [(int(t[a]), v[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
+def _per_tid_quantiles(
+    tids: I64, values: I64, qs: tuple[float, ...]
+) -> dict[int, tuple[float | None, ...]]:
+    return {tid: tuple(float(np.percentile(v, q)) for q in qs) for tid, v in _groups(tids, values)}
+
+
+def _per_tid_hists(tids: I64, values_ns: I64) -> dict[int, tuple[HistBucket, ...]]:
+    return {tid: log2_hist(v // 1000) for tid, v in _groups(tids, values_ns)}
 
 
 def _ns(us: float | None) -> float | None:
