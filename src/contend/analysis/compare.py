@@ -249,11 +249,12 @@ def diagnosis_conclusion(
 ) -> str:
     verdicts = f"verdicts {a.verdict.severity} -> {b.verdict.severity}"
     rq = next((t for t in tests if t.name == "run-queue wait"), None)
-    if rq is None or rq.cliffs_delta is None or rq.median_ratio is None:
+    if rq is None or rq.cliffs_delta is None:
         return f"{la} vs {lb}: {verdicts}; no run-queue wait distribution in both to test."
+    times = f"{_times(rq.median_ratio)}, " if rq.median_ratio else ""
     detail = (
-        f"median run-queue wait {rq.median_a:.0f} -> {rq.median_b:.0f} us "
-        f"({_times(rq.median_ratio)}, Cliff's delta {rq.cliffs_delta:+.2f} {rq.effect}, "
+        f"median run-queue wait {rq.median_a or 0:.0f} -> {rq.median_b or 0:.0f} us "
+        f"({times}Cliff's delta {rq.cliffs_delta:+.2f} {rq.effect}, "
         f"{_fmt_p(rq.p_value)}); {verdicts}"
     )
     if not rq.significant or rq.effect == "negligible":

@@ -135,6 +135,7 @@ class Watch:
         self.cgroups: tuple[tuple[CgroupSample, CgroupSample], ...] = ()
         self.followed: TaskGroup | None = None
         self.asleep: dict[int, int] = {}
+        self.name = ""
 
     def started(self, launched: int | None) -> None:
         source = pid_source(self.target, self.fs, launched)
@@ -145,6 +146,7 @@ class Watch:
             return found
 
         self.source = pids
+        self.name = self.label()  # now, while the processes live
         self.start_ns = time.monotonic_ns()
         self.processes = (all_processes(self.fs), ())
         self.psi = (self.fs.system_pressure(), None)
@@ -167,6 +169,18 @@ class Watch:
                 procfs=self.fs,
             )
             self.sampler.start()
+
+    def label(self) -> str:
+        """The target as the diagnosis names it: `pid 812 (gunicorn)` for pids."""
+        text = self.target.describe()
+        names = sorted({c for pid in self.target.pids if (c := self._comm(pid))})
+        return f"{text} ({', '.join(names)})" if names else text
+
+    def _comm(self, pid: int) -> str:
+        try:
+            return self.fs.stat(pid).comm
+        except (ProcGone, ValueError, OSError):
+            return ""
 
     def surroundings(self, backend: str) -> Observation:
         """What was read around the events, as an Observation without them."""
@@ -196,7 +210,7 @@ def _surroundings(watch: Watch, backend: str) -> Observation:
     return Observation(
         system_wide=watch.target.system_wide,
         followed_cgroup=watch.followed.path if watch.followed is not None else None,
-        target=watch.target.describe(),
+        target=watch.name or watch.target.describe(),
         backend=backend,
         start_ns=watch.start_ns,
         end_ns=watch.end_ns,
@@ -381,7 +395,7 @@ def observation_of_session(run: TracefsRun) -> Observation:
     return with_holders(
         replace(
             base,
-            target=r.target,
+            target=around.target if around is not None else r.target,
             backend="tracefs",
             sched_times=times,
             syscalls=r.syscalls,
