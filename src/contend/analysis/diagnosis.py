@@ -461,7 +461,12 @@ def _process_report(
     ratio = _wait_to_run(b)
     known = [t.slices for t in threads if t.slices is not None]
     slices = sum(known) if known and len(known) == len(threads) else None
-    per_slice = sum(b.total(s) for s in CONTENDED) / slices / 1e3 if slices else None
+    waited = sum(b.total(s) for s in CONTENDED)
+    per_slice = waited / slices / 1e3 if slices else None
+    severity = severity_of(ratio, per_slice)[1]
+    window = obs.end_ns - obs.start_ns
+    if window > 0 and waited < th.NOTABLE_WAIT_SHARE * window and severity != "none":
+        severity = "mild"  # a kernel thread that waited 0.5 ms for its 0.1 ms of work
     return ProcessReport(
         pid,
         comm,
@@ -469,7 +474,7 @@ def _process_report(
         _states(b),
         ratio,
         tuple(threads),
-        severity_of(ratio, per_slice)[1],
+        severity,
         per_slice,
     )
 

@@ -25,6 +25,10 @@ WAIT_TO_RUN_MILD = 0.1
 # (measured: a 10 ms sleep loop alone, 23 us per slice); the lab's app waited 144-171
 # us per slice alone, 716-1258 us beside noise, 9431 us under its quota.
 WAIT_PER_SLICE_FLOOR_US = 50.0
+# A process of a larger diagnosis (a cgroup's, the machine's) is called moderately or
+# severely starved only when it waited at least this share of the window: a kernel
+# worker that waits 0.5 ms in 3 s for 0.1 ms of work has a high wait/run and no problem.
+NOTABLE_WAIT_SHARE = 0.01
 WAIT_TO_RUN_SEVERE = 2.0
 
 # Share of CFS periods in which the group hit its quota.
