@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,19 @@ def no_cgroup_left_behind() -> Iterator[None]:
 def pgrep(name: str) -> list[int]:
     done = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
     return [int(p) for p in done.stdout.split()]
+
+
+def _as_a_shell_background_job() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# How `setsid contend ... &` in a script starts contend: its own session, SIGINT ignored
+# (a shell without job control ignores it in background jobs). `kill -INT` must stop it
+# all the same, as it stops perf and bpftrace.
+LIKE_SETSID_BACKGROUND: dict[str, Any] = {
+    "start_new_session": True,
+    "preexec_fn": _as_a_shell_background_job,
+}
 
 
 def contend_command() -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import contend_command, need
+from conftest import LIKE_SETSID_BACKGROUND, contend_command, need
 from contend.collect import bpftrace as bt
 from contend.dscript.parser import DSyntaxError, parse
 from contend.dscript.translate import translate
@@ -201,7 +201,7 @@ def test_template_prints_one_line_per_syscall_with_a_valid_timestamp(known_progr
     now = time.time()
     for line in lines:
         m = re.fullmatch(
-            r"\[(\d{4} \w{3} {1,2}\d{1,2} \d\d:\d\d:\d\d)\] python3 syscall: getsid", line
+            r"\[(\d{4} \w{3} (?: \d|\d\d) \d\d:\d\d:\d\d)\] python3 syscall: getsid", line
         )
         assert m, line
         stamp = time.mktime(time.strptime(m.group(1), "%Y %b %d %H:%M:%S"))
@@ -284,7 +284,7 @@ def test_attach_by_pid_and_stop_with_ctrl_c(known_program: str) -> None:
         proc = subprocess.Popen(
             [*contend_command(), "dtrace", "-n", "syscall::getsid:entry /pid == $target/ { @n = count(); }",
              "-p", str(target.pid)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **LIKE_SETSID_BACKGROUND,
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while not pgrep("bpftrace") and time.monotonic() < deadline:
@@ -326,6 +326,24 @@ def test_octal_and_three_argument_lquantize() -> None:
     assert body("syscall:::entry /arg2 == 0644/ { @ = lquantize(arg0, 0, 4); }") == (
         "tracepoint:raw_syscalls:sys_enter /((args->args[2] == 420))/ { @ = lhist(args->args[0], 0, 4, 1); }"
     )
+
+
+def test_percent_y_pads_the_day_to_two_characters_as_dtrace_does() -> None:
+    from contend.render.dtrace_text import walltime
+
+    with_tz = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    try:
+        # DTrace's own example (libdtrace pfprint_time): ctime's layout, day space-padded.
+        assert walltime(123786000 * 10**9) == "1973 Dec  3 17:00:00"
+        assert walltime(1705314645 * 10**9) == "2024 Jan 15 10:30:45"
+    finally:
+        if with_tz is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = with_tz
+        time.tzset()
 
 
 def test_walltimestamp_is_epoch_and_probefunc_keeps_its_width() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import contend_cgroups, contend_command, pgrep
+from conftest import LIKE_SETSID_BACKGROUND, contend_cgroups, contend_command, pgrep
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,7 @@ def test_lab_gives_everything_back_on_signal(sig: int, code: int, tmp_path: Path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        **LIKE_SETSID_BACKGROUND,
     )
     try:
         # Wait until the sandbox exists and the noise runs, the state with most to give back.

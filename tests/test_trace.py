@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import contend_command, need, pgrep
+from conftest import LIKE_SETSID_BACKGROUND, contend_command, need, pgrep
 from contend.collect import bpftrace as bt
 from contend.collect.procfs import ProcFS
 from contend.monitors import MONITORS, TraceOptions, build_program
@@ -296,6 +296,7 @@ def test_no_bpftrace_outlives_contend(kernel_tracing: None, sig: int) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        **LIKE_SETSID_BACKGROUND,
     )
     try:
         deadline = time.monotonic() + 60

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import AS_NOBODY, contend_command, need
+from conftest import AS_NOBODY, LIKE_SETSID_BACKGROUND, contend_command, need
 from contend.collect.procfs import ProcFS
 from contend.lab.sandbox import Limits, Sandbox
 from test_trace import KNOWN, _busy_pinned, trace_json
@@ -307,7 +307,7 @@ def test_nothing_left_in_tracefs_however_it_stops(root: None, sig: int) -> None:
     proc = subprocess.Popen(
         [*contend_command(), "trace", "all", "--backend", "tracefs", "--pid", str(sleeper.pid),
          "--format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **LIKE_SETSID_BACKGROUND,
     )  # fmt: skip
     name = f"contend-{proc.pid}"
     try:
@@ -728,3 +728,52 @@ def test_a_damaged_session_is_one_line(root: None, tmp_path: Path) -> None:
         )  # fmt: skip
         assert done.returncode == 2 and "is also the input" in done.stderr, done.stderr
     assert np.load(good).files == archive.files  # untouched
+
+
+@pytest.mark.parametrize("command", ["record", "diagnose"])
+def test_kill_int_from_a_script_stops_record_and_diagnose_cleanly(
+    root: None, command: str, tmp_path: Path
+) -> None:
+    """`setsid contend record ... &` then `kill -INT`: the run stops as on Ctrl-C, and
+    what it watched until then is written, not lost."""
+    loop = "import os, time\nwhile True:\n    os.getsid(0)\n    time.sleep(0.01)\n"
+    target = subprocess.Popen([sys.executable, "-c", loop])
+    out_file = tmp_path / ("s.contend" if command == "record" else "d.json")
+    args = ["record", "-o", str(out_file)] if command == "record" else [
+        "diagnose", "--backend", "tracefs", "--duration", "60", "--format", "json",
+        "-o", str(out_file)]  # fmt: skip
+    proc = subprocess.Popen(
+        [*contend_command(), *args, "--pid", str(target.pid)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **LIKE_SETSID_BACKGROUND,
+    )  # fmt: skip
+    name = f"contend-{proc.pid}"
+    try:
+        deadline = time.monotonic() + 60
+        while name not in ours() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert name in ours()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        target.kill()
+        target.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert name not in ours()
+    if command == "record":
+        done = subprocess.run(
+            [*contend_command(), "report", str(out_file), "--format", "json"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        calls = [r for r in json.loads(done.stdout)["syscalls"] if r["syscall"] == "getsid"]
+        assert calls and 30 <= calls[0]["count"] <= 20000
+    else:
+        result = json.loads(out_file.read_text())
+        assert result["target"].startswith(f"pid {target.pid} (python")
+        assert 0.5 < result["duration_s"] < 30  # stopped by the signal, not at 60 s
+        assert [p["pid"] for p in result["processes"]] == [target.pid]

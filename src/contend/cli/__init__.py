@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     # trace the tool printing its output (a feedback loop).
     set_comm("contend")
     previous = {sig: signal.signal(sig, _on_sigterm) for sig in _ENDING}
+    # A shell starts `contend ... &` with SIGINT ignored, and Python then installs no
+    # Ctrl-C handler: `kill -INT` would do nothing. perf and bpftrace stop on it anyway;
+    # so does contend, with the same clean stop as Ctrl-C.
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     args = list(sys.argv[1:] if argv is None else argv)
     # `contend trace|record ... -- CMD ARGS`: the command is not click's to parse.
     command: list[str] = []

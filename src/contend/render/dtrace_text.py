@@ -25,8 +25,9 @@ END = "\x02end"
 
 
 def walltime(epoch_ns: int) -> str:
-    """DTrace's %Y: '2024 Jan 15 10:30:45'."""
-    return time.strftime("%Y %b %e %H:%M:%S", time.localtime(epoch_ns / 1e9)).replace("  ", " ")
+    """DTrace's %Y, ctime's layout with the day padded to two characters:
+    '2024 Jan 15 10:30:45', '1973 Dec  3 17:20:00' (libdtrace's pfprint_time)."""
+    return time.strftime("%Y %b %e %H:%M:%S", time.localtime(epoch_ns / 1e9))
 
 
 class DTraceOutput:
