@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -156,11 +157,29 @@ def test_a_quota_shows_as_throttled_time(kernel_tracing: None) -> None:
     assert bd.causes(b, "loop", bd.Context(quota_cpus=0.2))[0].kind == "quota"
 
 
+def _wait_in_syscall(pid: int, names: tuple[str, ...], timeout_s: float = 60) -> None:
+    """Until `pid` is blocked in one of the syscalls `names` (/proc/PID/syscall's first
+    field is the number of the syscall it is in)."""
+    from contend.monitors.syscalls import syscall_name
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+        if fields and fields[0].isdigit() and syscall_name(int(fields[0])) in names:
+            time.sleep(0.05)
+            return
+        assert time.monotonic() < deadline, f"pid {pid} never blocked in {names}: {fields}"
+        time.sleep(0.02)
+
+
 def test_sleeps_are_charged_to_the_syscall(kernel_tracing: None) -> None:
     sleeper = subprocess.Popen(["sleep", "30"])
     reader = subprocess.Popen([sys.executable, "-c", "import os; r, w = os.pipe(); os.read(r, 1)"])
     try:
-        time.sleep(0.5)  # both asleep before the trace starts: seeded from /proc
+        # Both asleep before the trace starts (seeded from /proc): waited for in
+        # /proc/PID/syscall, not for a fixed time (a slow machine starts Python in > 1 s).
+        _wait_in_syscall(sleeper.pid, ("clock_nanosleep", "nanosleep"))
+        _wait_in_syscall(reader.pid, ("read",))
         times = _trace((sleeper.pid, reader.pid), 2.0)
     finally:
         for p in (sleeper, reader):

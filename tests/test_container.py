@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -679,21 +680,12 @@ def test_unknown_container_is_a_usage_error(built_image: Built) -> None:
 # --- the document, verbatim ---------------------------------------------------------------
 
 
-def _docker_that_answers() -> str:
-    """The `docker` command that reaches an engine: a real Docker if its daemon runs,
-    else Debian's podman-docker shim (/usr/bin/docker, `exec podman "$@"`), which a Docker
-    CLI earlier on PATH (/usr/local/bin) would otherwise hide."""
-    candidates = [shutil.which("docker"), "/usr/bin/docker"]
-    for candidate in dict.fromkeys(c for c in candidates if c):
-        probe = subprocess.run(
-            [candidate, "version", "--format", "{{.Server.Version}}"],
-            capture_output=True,
-            timeout=30,
-        )
-        if probe.returncode == 0:
-            return candidate
-    need(False, "no `docker` command answers (make install as root installs podman-docker)")
-    raise AssertionError
+def _podman_as_docker(bindir: Path) -> str:
+    """A `docker` command that runs podman, as Debian's podman-docker does."""
+    shim = bindir / "docker"
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(_podman())} "$@"\n')
+    shim.chmod(0o755)
+    return str(shim)
 
 
 STEPS_1_2 = """
@@ -728,26 +720,42 @@ def _aggregation(text: str, header: str) -> dict[tuple[str, ...], int]:
 
 
 @pytest.mark.kernel
-def test_the_documents_steps_1_to_4_with_docker(built_image: Built, tmp_path: Path) -> None:
+def test_the_documents_steps_1_to_4_with_podman_as_docker(
+    built_image: Built, tmp_path: Path
+) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    docker = _podman_as_docker(bindir)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    run_the_documents_steps(docker, env, tmp_path, publish="-p 5000:5000", engine="podman")
+
+
+def run_the_documents_steps(
+    docker: str, env: dict[str, str], tmp_path: Path, publish: str, engine: str
+) -> None:
+    """Steps 1-4 of the original document typed in bash with `docker` (step 1's image is
+    built already), then what each of the four D scripts saw."""
     need(bt.available()[0], f"needs bpftrace: {bt.available()[1]}")
-    docker = _docker_that_answers()
     need(shutil.which("curl") is not None, "needs curl")
     with socket.socket() as s:
         try:
             s.bind(("0.0.0.0", 5000))
         except OSError:
             need(False, "port 5000 is taken: the document's -p 5000:5000 needs it")
-    exists = subprocess.run([docker, "container", "inspect", "dtrace-app"], capture_output=True)
+    exists = subprocess.run(
+        [docker, "container", "inspect", "dtrace-app"], capture_output=True, env=env
+    )
     need(exists.returncode != 0, "a container named dtrace-app exists already")
-    bindir = tmp_path / "bin"
+    bindir = tmp_path / "docker-bin"
     bindir.mkdir()
     (bindir / "docker").symlink_to(docker)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    env = {**env, "PATH": f"{bindir}:{env['PATH']}"}
     tracers: list[subprocess.Popen[str]] = []
     try:
         steps = subprocess.run(
-            ["bash", "-c", STEPS_1_2], capture_output=True, text=True, env=env, timeout=120
-        )
+            ["bash", "-c", STEPS_1_2.replace("-p 5000:5000", publish)],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
         assert steps.returncode == 0, steps.stderr
         pid = int(re.findall(r"^Container PID: (\d+)$", steps.stdout, re.M)[0])
         running = Running("dtrace-app", 5000, pid, _cgroup_dirs(pid))
@@ -781,7 +789,9 @@ def test_the_documents_steps_1_to_4_with_docker(built_image: Built, tmp_path: Pa
             if tracer.poll() is None:
                 tracer.kill()
                 tracer.wait()
-        subprocess.run([docker, "rm", "-f", "dtrace-app"], capture_output=True, timeout=120)
+        subprocess.run(
+            [docker, "rm", "-f", "dtrace-app"], capture_output=True, timeout=120, env=env
+        )
     # Each script saw the twenty requests (at least: it matches by name, as dtrace does).
     calls = _aggregation(outputs["syscalls.d"], "System Calls Summary")
     assert calls.get(("contend-app", "accept4"), 0) >= 20, calls
@@ -795,12 +805,10 @@ def test_the_documents_steps_1_to_4_with_docker(built_image: Built, tmp_path: Pa
     assert activity.get(("contend-app",), 0) >= 20 * 10, activity
     ops = _aggregation(outputs["io_analysis.d"], "I/O Operations Summary")
     assert ops.get(("contend-app", "close"), 0) >= 20, ops
-    assert (
-        subprocess.run(
-            [docker, "container", "inspect", "dtrace-app"], capture_output=True
-        ).returncode
-        != 0
+    gone = subprocess.run(
+        [docker, "container", "inspect", "dtrace-app"], capture_output=True, env=env
     )
+    assert gone.returncode != 0, engine
     assert not [d for d in running.cgroup_dirs if d.exists()]
 
 

@@ -178,6 +178,9 @@ def test_container_ids_are_found_in_engine_cgroup_paths() -> None:
     assert container_in_path(f"/system.slice/docker-{cid}.scope") == "0123456789ab"
     assert container_in_path(f"/machine.slice/libpod-{cid}.scope/container") == "0123456789ab"
     assert container_in_path(f"/docker/{cid}") == "0123456789ab"
+    assert container_in_path(f"/ci-dockerd-1234/{cid}") == "0123456789ab"  # --cgroup-parent
+    assert container_in_path(f"/kubepods/burstable/pod1/{cid}") == "0123456789ab"
+    assert container_in_path(f"/x/{cid}0") is None  # not an ID: 65 digits
     assert container_in_path("/user.slice/user-1000.slice") is None
 
 
@@ -273,7 +276,8 @@ def test_a_quota_is_the_first_cause(root_bpftrace: None) -> None:
             _stop(victim)
     assert doc["verdict"]["contention"] is True and doc["verdict"]["severity"] == "severe"
     first = doc["causes"][0]
-    assert first["kind"] == "quota" and first["ns"] >= 0.8 * _runnable(doc), doc["causes"]
+    why = (doc["breakdown_source"], doc["notes"], doc["causes"])
+    assert first["kind"] == "quota" and first["ns"] >= 0.8 * _runnable(doc), why
     limited = [c for c in doc["cgroups"] if c["quota_cpus"] is not None]
     (cg,) = limited
     assert cg["quota_cpus"] == pytest.approx(0.2) and victim.pid in cg["pids"]

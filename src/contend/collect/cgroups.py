@@ -166,7 +166,11 @@ def cpu_pressure(group_dirs: dict[str, Path]) -> Pressure | None:
 # Container ids in cgroup paths: docker (`docker-ID.scope`, `/docker/ID`), podman
 # (`libpod-ID.scope`, `/libpod-ID`), containerd/CRI-O (`cri-containerd-ID.scope`,
 # `crio-ID.scope`): 64 hex digits.
-_CONTAINER_ID = re.compile(r"(?:docker|libpod|crio|cri-containerd)[-/]([0-9a-f]{64})(?:\.scope)?")
+# docker-ID.scope (systemd driver), /docker/ID (cgroupfs driver), or ID alone under any
+# parent (`dockerd --cgroup-parent`, kubelet's cgroupfs pods): a 64-hex-digit component.
+_CONTAINER_ID = re.compile(
+    r"(?:^|/)(?:docker-|libpod-|crio-|cri-containerd-)?([0-9a-f]{64})(?:\.scope)?(?:/|$)"
+)
 
 
 def container_in_path(path: str) -> str | None:

@@ -71,6 +71,13 @@ class Engine:
         value = done.stdout.strip()
         return value if done.returncode == 0 and value and value != "<no value>" else None
 
+    def publishes_ports(self) -> bool:
+        """Whether `run -p` reaches the container: podman always; a Docker daemon only
+        with its bridge network (`dockerd --bridge=none` has none: use the host's)."""
+        if self.is_podman:
+            return True
+        return self.run(["network", "inspect", "bridge"], check=False).returncode == 0
+
     def remove_container(self, name: str) -> None:
         """`rm -f`: stops and removes; quiet when it is already gone."""
         self.run(["rm", "-f", name], check=False, timeout_s=60)

@@ -85,7 +85,10 @@ class ContainerGroup:
             args.append(f"--cpus={self.requested.cpus:g}")
         if self.requested.memory_bytes is not None:
             args += ["-m", str(self.requested.memory_bytes)]
-        args += ["-p", f"127.0.0.1:{self.port}:5000"]
+        if self.engine.publishes_ports():
+            args += ["-p", f"127.0.0.1:{self.port}:5000"]
+        else:  # the host's network, the app on loopback only
+            args += ["--network", "host", "-e", "HOST=127.0.0.1", "-e", f"PORT={self.port}"]
         args += ["-e", f"CONTEND_NOISE={1 if self.noise_workers else 0}"]
         args += ["-e", f"CONTEND_NOISE_WORKERS={self.noise_workers}", image.IMAGE]
         self._started = True  # from here on close() must remove it, even if run fails

@@ -6,7 +6,9 @@ whole of contend the image carries). Environment:
 
 - `CONTEND_NOISE` (default `1`): `0`, `false`, `no` or `off` runs the app alone.
 - `CONTEND_NOISE_WORKERS` (default `2`): noise processes.
-- `PORT` (default `5000`): the app's port, on all addresses (the engine publishes it).
+- `PORT` (default `5000`): the app's port.
+- `HOST` (default `0.0.0.0`, all addresses: the engine publishes the port): the address to
+  listen on; `127.0.0.1` for a container on the host's network (`--network host`).
 
 As PID 1 of a container it forwards SIGTERM/SIGINT to its children (the kernel drops
 signals PID 1 does not handle), reaps every orphan, and exits with the app's status when
@@ -43,6 +45,7 @@ def main() -> int:
     noise_on = os.environ.get("CONTEND_NOISE", "1").strip().lower() not in _OFF
     workers = _int_env("CONTEND_NOISE_WORKERS", 2, 0, 64)
     port = _int_env("PORT", 5000, 1, 65535)
+    host = os.environ.get("HOST", "0.0.0.0").strip() or "0.0.0.0"
     python = sys.executable or "python3"
     children: list[subprocess.Popen[bytes]] = []
 
@@ -57,9 +60,7 @@ def main() -> int:
         children.append(
             subprocess.Popen([python, "-m", "contend.lab.noise", "--workers", str(workers)])
         )
-    app = subprocess.Popen(
-        [python, "-m", "contend.lab.app", "--host", "0.0.0.0", "--port", str(port)]
-    )
+    app = subprocess.Popen([python, "-m", "contend.lab.app", "--host", host, "--port", str(port)])
     children.append(app)
     status = 1
     while True:

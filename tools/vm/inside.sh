@@ -1,0 +1,37 @@
+#!/bin/bash
+# PID 1 of the test VM once the host's root is mounted (tools/vm/init): lay out the machine
+# as systemd does on a pure cgroup v2 distribution, run the command the host wrote in
+# /vm-out/command, leave its exit status in /vm-out/rc, and power off.
+# Nothing here mounts tracefs: contend must do that itself, as on a fresh machine.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb NO_COLOR=1
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /var/tmp
+# systemd's cgroup layout: cgroup2 alone at /sys/fs/cgroup, controllers enabled from the
+# root down to the slices, processes only in leaves (the no-internal-process rule).
+mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup
+root=/sys/fs/cgroup
+echo "+cpu +cpuset +io +memory +pids" >"$root/cgroup.subtree_control"
+mkdir -p "$root/init.scope" "$root/system.slice" "$root/user.slice/user-0.slice/session-1.scope"
+echo "+cpu +io +memory +pids" >"$root/system.slice/cgroup.subtree_control"
+echo "+cpu +io +memory +pids" >"$root/user.slice/cgroup.subtree_control"
+echo "+cpu +io +memory +pids" >"$root/user.slice/user-0.slice/cgroup.subtree_control"
+echo $$ >"$root/user.slice/user-0.slice/session-1.scope/cgroup.procs"
+ip link set lo up 2>/dev/null
+hostname contend-vm
+echo "vm: $(uname -r), cgroup: $(stat -fc %T /sys/fs/cgroup), controllers: $(cat $root/cgroup.controllers)"
+rc=1
+if [ -r /vm-out/command ]; then
+  (cd "$(cat /vm-out/cwd)" && exec bash /vm-out/command)
+  rc=$?
+fi
+echo "$rc" >/vm-out/rc
+sync
+echo o >/proc/sysrq-trigger
+while :; do :; done
