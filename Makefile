@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # docker.io conflicts with podman-docker over /usr/bin/docker: the real Docker wins.
 DEB_PACKAGES := bpftrace chromium podman runc debootstrap docker.io qemu-system-x86 busybox-static
 
-.PHONY: install lab test lint typecheck pytest clean deb image vmtest
+.PHONY: install lab test lint typecheck pytest clean deb image vmtest test-loaded
 
 install: deb $(STAMP)
 
@@ -64,13 +64,25 @@ pytest: install
 
 test: lint typecheck pytest
 
+# The timing-sensitive kernel tests (marked `timing`) again, with a busy loop on the last
+# CPU beside them: they must hold on a machine that is doing something else too.
+test-loaded: install
+	$(PYTHON) tools/busy_neighbour.py -- \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -rfE -m timing $(PYTEST_ARGS)
+
 # The kernel tests again in a VM: Debian's own kernel, pure cgroup v2 laid out as systemd
 # does, tracefs unmounted at boot (tools/vmtest.py). TCG, so a chosen subset.
 VM_TESTS ?= tests/test_sandbox.py tests/test_procfs_kernel.py tests/test_breakdown.py \
-  tests/test_diagnose.py tests/test_tracefs.py
+  tests/test_diagnose.py \
+  tests/test_trace.py::test_two_pinned_busy_loops_share_one_cpu \
+  tests/test_tracefs_trace.py::test_two_pinned_busy_loops_against_schedstat_and_bpftrace \
+  tests/test_tracefs_trace.py::test_a_throttled_loop_runs_what_its_quota_allows \
+  tests/test_tracefs_trace.py::test_nothing_left_in_tracefs_however_it_stops \
+  tests/test_tracefs_trace.py::test_kill_int_from_a_script_stops_record_and_diagnose_cleanly \
+  tests/test_tracefs_breakdown.py::test_a_loop_sharing_cpu_1_waits_behind_the_other
 vmtest: install
 	$(PYTHON) tools/vmtest.py run --timeout 1200 -- \
-	  $(BIN)/python -m pytest -q -p no:cacheprovider $(VM_TESTS)
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -rfE --durations=10 $(VM_TESTS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -115,6 +115,7 @@ def _busy(cpu: int | None = None, preexec: object = None) -> subprocess.Popen[by
     return subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=setup)
 
 
+@pytest.mark.timing
 def test_a_busy_loop_waits_behind_its_pinned_neighbour(kernel_tracing: None) -> None:
     a, b = _busy(1), _busy(1)
     try:
@@ -138,6 +139,7 @@ def test_a_busy_loop_waits_behind_its_pinned_neighbour(kernel_tracing: None) -> 
     assert sum(charged.values()) == pytest.approx(t.runnable_ns, rel=0.02)
 
 
+@pytest.mark.timing
 def test_a_quota_shows_as_throttled_time(kernel_tracing: None) -> None:
     need(os.path.isdir("/sys/fs/cgroup"), "needs cgroups")
     with Sandbox(Limits(0.2, None)) as sandbox:
@@ -172,6 +174,7 @@ def _wait_in_syscall(pid: int, names: tuple[str, ...], timeout_s: float = 60) ->
         time.sleep(0.02)
 
 
+@pytest.mark.timing
 def test_sleeps_are_charged_to_the_syscall(kernel_tracing: None) -> None:
     sleeper = subprocess.Popen(["sleep", "30"])
     reader = subprocess.Popen([sys.executable, "-c", "import os; r, w = os.pipe(); os.read(r, 1)"])

@@ -225,6 +225,7 @@ def _stop(*procs: subprocess.Popen[bytes]) -> None:
         p.wait()
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("backend", ["bpftrace", "tracefs"])
 def test_a_pinned_hog_is_the_first_cause(root_bpftrace: None, backend: str, tmp_path: Path) -> None:
     """The same answer from the in-kernel aggregation and from every event; the HTML
@@ -263,6 +264,7 @@ def test_a_pinned_hog_is_the_first_cause(root_bpftrace: None, backend: str, tmp_
     assert [p["pid"] for p in doc["processes"]] == [victim.pid]
 
 
+@pytest.mark.timing
 def test_a_quota_is_the_first_cause(root_bpftrace: None) -> None:
     need(os.path.isdir("/sys/fs/cgroup"), "needs cgroups")
     with Sandbox(Limits(0.2, None)) as sandbox:
@@ -291,6 +293,7 @@ def test_a_quota_is_the_first_cause(root_bpftrace: None) -> None:
 SLEEPER = "import time\nwhile True: time.sleep(0.01)"
 
 
+@pytest.mark.timing
 def test_a_sleeper_alone_is_not_contended(root_bpftrace: None) -> None:
     sleeper = subprocess.Popen([sys.executable, "-c", SLEEPER])
     try:

@@ -69,6 +69,7 @@ def test_lab_schema_and_config(lab_json: dict[str, Any]) -> None:
         assert m["requests"]["count"] == int(cfg["rate_per_s"] * 5)
 
 
+@pytest.mark.timing
 def test_lab_baseline_is_calm_and_contention_is_contended(lab_json: dict[str, Any]) -> None:
     base, cont, _ = (a for a in lab_json["arms"])
     assert base["verdict"]["contention"] is False
@@ -85,6 +86,7 @@ def test_lab_baseline_is_calm_and_contention_is_contended(lab_json: dict[str, An
     assert cm["throttled_period_ratio"] > 0.5
 
 
+@pytest.mark.timing
 def test_lab_diagnosis_names_the_right_cause(lab_json: dict[str, Any]) -> None:
     """The quota arm is blamed on throttling, the unlimited arm on the noise, the baseline
     on nothing; each breakdown covers its threads' wall time."""
@@ -355,6 +357,7 @@ def _overlap(a: tuple[float, float], union: list[tuple[float, float]]) -> float:
     return sum(max(0.0, min(a[1], hi) - max(a[0], lo)) for lo, hi in union)
 
 
+@pytest.mark.timing
 @pytest.mark.kernel
 @pytest.mark.usefixtures("root_cgroups")
 def test_lab_records_sessions_and_a_perfetto_timeline(tmp_path: Path) -> None:
@@ -379,6 +382,7 @@ def test_lab_records_sessions_and_a_perfetto_timeline(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("*.session")) == [f"{a}.session" for a in arms]
 
     comms = {}
+    recorded_s: dict[str, float] = {}
     for arm in arms:
         report = subprocess.run(
             [*contend_command(), "report", str(tmp_path / f"{arm}.session"), "--format", "json"],
@@ -388,6 +392,7 @@ def test_lab_records_sessions_and_a_perfetto_timeline(tmp_path: Path) -> None:
         result = json.loads(report.stdout)
         assert result["backend"] == "tracefs" and result["target"].startswith(f"lab arm {arm}")
         comms[arm] = {r["comm"]: r for r in result["cpu"] if r["tid"]}
+        recorded_s[arm] = result["duration_s"]
         assert result["lost_events"] == 0
     assert "contend-app" in comms["baseline"] and "contend-noise" not in comms["baseline"]
     assert {"contend-app", "contend-noise"} <= set(comms["contention"])
@@ -401,8 +406,12 @@ def test_lab_records_sessions_and_a_perfetto_timeline(tmp_path: Path) -> None:
     assert "app" in role_of.values() and "noise" in role_of.values()
     windows = {e["name"]: (e["ts"], e["ts"] + e["dur"]) for e in per_tid[perfetto.LAB_TID]}
     assert list(windows) == arms
-    for lo, hi in windows.values():
-        assert 3e6 * 0.9 <= hi - lo <= 10e6  # microseconds: 3 s arms
+    for arm, (lo, hi) in windows.items():
+        # Each arm's slice is the window its session recorded (microseconds); that is
+        # about the 3 s asked for, but a busy machine starts the recording late (2.697 s
+        # was seen), so the wall clock only bounds it loosely.
+        assert hi - lo == pytest.approx(recorded_s[arm] * 1e6, abs=5e3), arm
+        assert 1.5e6 <= hi - lo <= 10e6
     xs = [e for e in events if e["ph"] == "X" and e["pid"] in role_of]
 
     def of(role: str, name: str, arm: str) -> list[tuple[float, float]]:

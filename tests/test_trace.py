@@ -189,6 +189,7 @@ def test_the_whole_system_is_traced_when_no_target_is_given(
     assert len({r["pid"] for r in result["cpu"]}) >= 3
 
 
+@pytest.mark.timing
 def test_two_pinned_busy_loops_share_one_cpu(kernel_tracing: None) -> None:
     procs = [_busy_pinned(0), _busy_pinned(0)]
     fs = ProcFS()

@@ -344,6 +344,7 @@ def _syscall_now(pid: int) -> int:
     return -1 if first == "running" else int(first)
 
 
+@pytest.mark.timing
 @pytest.mark.kernel
 def test_a_loop_sharing_cpu_1_waits_behind_the_other(root_tracefs: None) -> None:
     a, b = _pinned_loop(1), _pinned_loop(1)

@@ -169,6 +169,7 @@ def test_text_output_has_the_original_blocks(root: None) -> None:
     assert "backend tracefs" in done.stdout and "0 lost" in done.stdout
 
 
+@pytest.mark.timing
 def test_two_pinned_busy_loops_against_schedstat_and_bpftrace(root: None) -> None:
     """Both backends at once on the same two loops sharing CPU 0 (bpftrace's probes and
     the tracefs instance coexist): each within 10% of schedstat over its own window, and
@@ -218,6 +219,7 @@ def test_two_pinned_busy_loops_against_schedstat_and_bpftrace(root: None) -> Non
         assert s1 == pytest.approx(s2, rel=0.10) and w1 == pytest.approx(w2, rel=0.10), figures
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("cpu", [0, 1])
 def test_a_throttled_loop_runs_what_its_quota_allows(root: None, cpu: int) -> None:
     """A busy loop in a 0.3-CPU group, pinned: it leaves the CPU at each throttle and comes
@@ -499,6 +501,7 @@ def check_trace_format(doc: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
     return per_tid
 
 
+@pytest.mark.timing
 def test_perfetto_slices_add_up_to_proc_cpu_time(root: None, tmp_path: Path) -> None:
     trace = tmp_path / "burn.json"
     done = subprocess.run(
@@ -526,6 +529,7 @@ def test_perfetto_slices_add_up_to_proc_cpu_time(root: None, tmp_path: Path) -> 
     assert "CPUs" in meta and any(m.startswith("CPU ") for m in meta)
 
 
+@pytest.mark.timing
 def test_longest_waits_name_who_held_the_cpu(root: None, tmp_path: Path) -> None:
     """Two busy loops pinned to CPU 0, tracing one: its waits are spent behind the other."""
     procs = [_busy_pinned(0), _busy_pinned(0)]
