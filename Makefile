@@ -79,7 +79,7 @@ VM_TESTS ?= tests/test_sandbox.py tests/test_procfs_kernel.py tests/test_breakdo
   tests/test_tracefs_trace.py::test_a_throttled_loop_runs_what_its_quota_allows \
   tests/test_tracefs_trace.py::test_nothing_left_in_tracefs_however_it_stops \
   tests/test_tracefs_trace.py::test_kill_int_from_a_script_stops_record_and_diagnose_cleanly \
-  tests/test_tracefs_breakdown.py::test_a_loop_sharing_cpu_1_waits_behind_the_other
+  tests/test_tracefs_breakdown.py::test_a_loop_sharing_a_cpu_waits_behind_the_other
 vmtest: install
 	$(PYTHON) tools/vmtest.py run --timeout 1200 -- \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider -rfE --durations=10 $(VM_TESTS)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,28 @@ LIKE_SETSID_BACKGROUND: dict[str, Any] = {
     "start_new_session": True,
     "preexec_fn": _as_a_shell_background_job,
 }
+
+
+def quiet_cpu(window_s: float = 0.3) -> int:
+    """The CPU that was idle longest over `window_s` (/proc/stat). A test that pins its own
+    loops together pins them there: on a machine busy elsewhere (CI's busy neighbour,
+    anyone's), they then compete with each other, as the test reasons, and not with a
+    third loop it knows nothing of."""
+
+    def idle() -> dict[int, int]:
+        out = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name != "cpu":
+                    out[int(name[3:])] = int(fields[3]) + int(fields[4])  # idle + iowait
+        return out
+
+    before = idle()
+    time.sleep(window_s)
+    after = idle()
+    allowed = os.sched_getaffinity(0)
+    return max(allowed, key=lambda c: (after.get(c, 0) - before.get(c, 0), -c))
 
 
 def contend_command() -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from browser import json_value, open_page
-from conftest import AS_NOBODY, contend_command, need
+from conftest import AS_NOBODY, contend_command, need, quiet_cpu
 from contend.analysis.diagnosis import diagnose, severity_of
 from contend.collect.cgroups import (
     CgroupLayout,
@@ -195,7 +195,7 @@ def root_bpftrace() -> None:
     need(shutil.which("bpftrace") is not None, "needs bpftrace (make install as root)")
 
 
-def _pinned(cpu: int = 1, preexec: Any = None) -> subprocess.Popen[bytes]:
+def _pinned(cpu: int, preexec: Any = None) -> subprocess.Popen[bytes]:
     def setup() -> None:
         os.sched_setaffinity(0, {cpu})
         if preexec is not None:
@@ -230,7 +230,8 @@ def _stop(*procs: subprocess.Popen[bytes]) -> None:
 def test_a_pinned_hog_is_the_first_cause(root_bpftrace: None, backend: str, tmp_path: Path) -> None:
     """The same answer from the in-kernel aggregation and from every event; the HTML
     page shows the JSON's numbers."""
-    victim, hog = _pinned(), _pinned()
+    cpu = quiet_cpu()
+    victim, hog = _pinned(cpu), _pinned(cpu)
     page = tmp_path / "d.html"
     try:
         time.sleep(0.3)
@@ -256,7 +257,7 @@ def test_a_pinned_hog_is_the_first_cause(root_bpftrace: None, backend: str, tmp_
     assert first["kind"] == "neighbour" and first["pids"] == [hog.pid], first
     assert first["ns"] >= 0.8 * _runnable(doc)
     # Everything accounted for: running + runnable is the thread's wall time (within 2%),
-    # and the two loops shared CPU 1 about evenly.
+    # and the two loops shared their CPU about evenly.
     b = doc["breakdown"]
     assert (b["running"] + _runnable(doc)) / doc["wall_ns"] == pytest.approx(1.0, abs=0.02)
     assert 0.4 <= b["running"] / (b["running"] + first["ns"]) <= 0.6
@@ -311,7 +312,8 @@ def test_a_sleeper_alone_is_not_contended(root_bpftrace: None) -> None:
 
 
 def test_procfs_as_nobody_sees_the_contention_from_schedstat(root_bpftrace: None) -> None:
-    victim, hog = _pinned(), _pinned()
+    cpu = quiet_cpu()
+    victim, hog = _pinned(cpu), _pinned(cpu)
     try:
         time.sleep(0.3)
         doc = _diagnose(
@@ -333,7 +335,8 @@ def test_procfs_as_nobody_sees_the_contention_from_schedstat(root_bpftrace: None
 
 def test_no_target_ranks_the_starved_above_the_idle(root_bpftrace: None) -> None:
     need(os.path.isdir("/sys/fs/cgroup"), "needs cgroups")
-    victim, hog = _pinned(), _pinned()
+    cpu = quiet_cpu()
+    victim, hog = _pinned(cpu), _pinned(cpu)
     with Sandbox(Limits(0.2, None)) as sandbox:
         limited = subprocess.Popen(
             [sys.executable, "-c", "while True: pass"], preexec_fn=sandbox.join_function()
@@ -362,7 +365,8 @@ def test_compare_of_two_sessions_tells_their_waits_apart(
 ) -> None:
     """Case 1 (a pinned hog) against case 3 (a sleeper alone), recorded with tracefs and
     compared from the files; `report` diagnoses each file as diagnose does."""
-    victim, hog = _pinned(), _pinned()
+    cpu = quiet_cpu()
+    victim, hog = _pinned(cpu), _pinned(cpu)
     sleeper = subprocess.Popen([sys.executable, "-c", SLEEPER])
     contended, alone = tmp_path / "contended.session", tmp_path / "alone.session"
     try:

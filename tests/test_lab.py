@@ -407,10 +407,11 @@ def test_lab_records_sessions_and_a_perfetto_timeline(tmp_path: Path) -> None:
     windows = {e["name"]: (e["ts"], e["ts"] + e["dur"]) for e in per_tid[perfetto.LAB_TID]}
     assert list(windows) == arms
     for arm, (lo, hi) in windows.items():
-        # Each arm's slice is the window its session recorded (microseconds); that is
-        # about the 3 s asked for, but a busy machine starts the recording late (2.697 s
-        # was seen), so the wall clock only bounds it loosely.
-        assert hi - lo == pytest.approx(recorded_s[arm] * 1e6, abs=5e3), arm
+        # Each arm's slice spans the arm, whose session recorded about as long
+        # (microseconds; 3.120 s against 3.130 s seen); that is about the 3 s asked for,
+        # but a busy machine starts the recording late (2.697 s was seen), so the wall
+        # clock only bounds it loosely.
+        assert hi - lo == pytest.approx(recorded_s[arm] * 1e6, abs=100e3), arm
         assert 1.5e6 <= hi - lo <= 10e6
     xs = [e for e in events if e["ph"] == "X" and e["pid"] in role_of]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import LIKE_SETSID_BACKGROUND, contend_command, need, pgrep
+from conftest import LIKE_SETSID_BACKGROUND, contend_command, need, pgrep, quiet_cpu
 from contend.collect import bpftrace as bt
 from contend.collect.procfs import ProcFS
 from contend.monitors import MONITORS, TraceOptions, build_program
@@ -191,7 +191,8 @@ def test_the_whole_system_is_traced_when_no_target_is_given(
 
 @pytest.mark.timing
 def test_two_pinned_busy_loops_share_one_cpu(kernel_tracing: None) -> None:
-    procs = [_busy_pinned(0), _busy_pinned(0)]
+    cpu = quiet_cpu()
+    procs = [_busy_pinned(cpu), _busy_pinned(cpu)]
     fs = ProcFS()
     try:
         time.sleep(0.5)

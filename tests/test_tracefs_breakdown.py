@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import need
+from conftest import need, quiet_cpu
 from contend.collect import tracefs as tf
 from contend.model import HistBucket, SchedTimes, ThreadTime
 from contend.monitors import TraceOptions, tracefs_trace
@@ -346,8 +346,9 @@ def _syscall_now(pid: int) -> int:
 
 @pytest.mark.timing
 @pytest.mark.kernel
-def test_a_loop_sharing_cpu_1_waits_behind_the_other(root_tracefs: None) -> None:
-    a, b = _pinned_loop(1), _pinned_loop(1)
+def test_a_loop_sharing_a_cpu_waits_behind_the_other(root_tracefs: None) -> None:
+    cpu = quiet_cpu()
+    a, b = _pinned_loop(cpu), _pinned_loop(cpu)
     try:
         time.sleep(0.5)
         run = tracefs_trace.run_tracefs(

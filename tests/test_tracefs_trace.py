@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import AS_NOBODY, LIKE_SETSID_BACKGROUND, contend_command, need
+from conftest import AS_NOBODY, LIKE_SETSID_BACKGROUND, contend_command, need, quiet_cpu
 from contend.collect.procfs import ProcFS
 from contend.lab.sandbox import Limits, Sandbox
 from test_trace import KNOWN, _busy_pinned, trace_json
@@ -170,34 +170,42 @@ def test_text_output_has_the_original_blocks(root: None) -> None:
 
 
 @pytest.mark.timing
-def test_two_pinned_busy_loops_against_schedstat_and_bpftrace(root: None) -> None:
-    """Both backends at once on the same two loops sharing CPU 0 (bpftrace's probes and
+def test_two_pinned_busy_loops_against_schedstat_and_bpftrace(root: None, tmp_path: Path) -> None:
+    """Both backends at once on the same two loops sharing a CPU (bpftrace's probes and
     the tracefs instance coexist): each within 10% of schedstat over its own window, and
     within 10% of each other."""
     need(shutil.which("bpftrace") is not None, "needs bpftrace")
-    procs = [_busy_pinned(0), _busy_pinned(0)]
+    cpu = quiet_cpu()
+    procs = [_busy_pinned(cpu), _busy_pinned(cpu)]
     fs = ProcFS()
     runs: dict[str, subprocess.Popen[str]] = {}
+    results = {b: tmp_path / f"{b}.json" for b in ("bpftrace", "tracefs")}
     try:
         time.sleep(0.5)
-        before = {p.pid: next(iter(fs.tasks([p.pid]))) for p in procs}
         targets = [a for p in procs for a in ("--pid", str(p.pid))]
         for backend in ("bpftrace", "tracefs"):  # bpftrace first: it takes longer to attach
             runs[backend] = subprocess.Popen(
                 [*contend_command(), "trace", "--format", "json", "cpu", "--backend", backend,
-                 *targets, "--duration", "3"],
+                 *targets, "--duration", "3.5", "--interval", "0.25", "-o", str(results[backend])],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-        outputs = {b: r.communicate(timeout=120) for b, r in runs.items()}
+        # schedstat over the traces' own windows, not their start-up: read once both have
+        # printed a first interval (attached), and as soon as the first of them ends.
+        for r in runs.values():
+            assert r.stdout is not None and r.stdout.readline(), r.communicate()[1]
+        before = {p.pid: next(iter(fs.tasks([p.pid]))) for p in procs}
+        while all(r.poll() is None for r in runs.values()):
+            time.sleep(0.005)
         after = {p.pid: next(iter(fs.tasks([p.pid]))) for p in procs}
+        outputs = {b: r.communicate(timeout=120) for b, r in runs.items()}
     finally:
         for p in procs:
             p.kill()
             p.wait()
     figures: dict[str, dict[int, tuple[float, float]]] = {}
-    for backend, (out, err) in outputs.items():
+    for backend, (_, err) in outputs.items():
         assert runs[backend].returncode == 0, err
-        rows = {r["pid"]: r for r in json.loads(out)["cpu"] if r["tid"]}
+        rows = {r["pid"]: r for r in json.loads(results[backend].read_text())["cpu"] if r["tid"]}
         total = sum(r["on_cpu_ns"] for r in rows.values())
         figures[backend] = {}
         for pid, row in rows.items():
@@ -252,8 +260,14 @@ def test_a_throttled_loop_runs_what_its_quota_allows(root: None, cpu: int) -> No
     # 0.3 CPU over the trace's window; schedstat's window is longer by the tracer's start.
     assert row["on_cpu_ns"] / (result["duration_s"] * 1e9) == pytest.approx(0.3, abs=0.05)
     assert row["on_cpu_ns"] <= charged * 1.02, result["notes"]
-    # Each wait is a throttled stretch of about 70 ms of every 100 ms period.
-    assert row["run_queue_latency"]["avg_ns"] >= 30e6, row
+    # The loop always wants the CPU: it waits whenever it does not run (within 5% of the
+    # window), mostly in throttled stretches of about 70 ms of every 100 ms period (a
+    # busy neighbour on its CPU adds short waits between them, hence p99, not the mean).
+    q = row["run_queue_latency"]
+    waited = q["avg_ns"] * q["count"]
+    window_ns = result["duration_s"] * 1e9
+    assert waited + row["on_cpu_ns"] == pytest.approx(window_ns, rel=0.05), row
+    assert q["p99_ns"] >= 30e6, row
 
 
 FAMILY = """
@@ -531,8 +545,9 @@ def test_perfetto_slices_add_up_to_proc_cpu_time(root: None, tmp_path: Path) -> 
 
 @pytest.mark.timing
 def test_longest_waits_name_who_held_the_cpu(root: None, tmp_path: Path) -> None:
-    """Two busy loops pinned to CPU 0, tracing one: its waits are spent behind the other."""
-    procs = [_busy_pinned(0), _busy_pinned(0)]
+    """Two busy loops pinned to one CPU, tracing one: its waits are spent behind the other."""
+    cpu = quiet_cpu()
+    procs = [_busy_pinned(cpu), _busy_pinned(cpu)]
     trace = tmp_path / "pair.json"
     try:
         time.sleep(0.3)
@@ -550,7 +565,7 @@ def test_longest_waits_name_who_held_the_cpu(root: None, tmp_path: Path) -> None
     behind = {o["tid"]: o["ns"] for o in result["waited_behind"]}
     # The CPU is never idle while it waits: the holders' time adds up to the waits.
     assert sum(behind.values()) == pytest.approx(total_wait, rel=0.05)
-    # The other loop holds CPU 0 for a good part of the waits (not all: whatever else
+    # The other loop holds the CPU for a good part of the waits (not all: whatever else
     # runs on this shared machine takes its turns too).
     assert behind[procs[1].pid] >= 0.2 * total_wait
     longest = result["longest_waits"]
