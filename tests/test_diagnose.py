@@ -150,22 +150,51 @@ def test_cgroup_files_are_read_as_the_kernel_writes_them(tmp_path: Path) -> None
     (v1 / "limited" / "cpu.cfs_period_us").write_text("100000\n")
     (v1 / "limited" / "app" / "cpu.cfs_quota_us").write_text("-1\n")
     (v1 / "limited" / "app" / "cpu.cfs_period_us").write_text("100000\n")
-    (v1 / "limited" / "app" / "cpu.stat").write_text(
+    # The kernel throttles, and counts, the group whose quota ran out: the parent. The
+    # child, with no quota of its own, never counts a period.
+    (v1 / "limited" / "cpu.stat").write_text(
         "nr_periods 10\nnr_throttled 4\nthrottled_time 5000000\n"
+    )
+    (v1 / "limited" / "app" / "cpu.stat").write_text(
+        "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n"
     )
     (v2 / "limited" / "app" / "cpu.pressure").write_text(
         "some avg10=0.00 avg60=0.00 avg300=0.00 total=1500\n"
         "full avg10=0.00 avg60=0.00 avg300=0.00 total=700\n"
+    )
+    (v2 / "limited" / "app" / "cpu.stat").write_text(
+        "usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n"
     )
     layout = CgroupLayout(v2_root=v2, v2_controllers=frozenset(), v1_roots={"cpu": v1})
     group = task_group(7, layout, str(proc))
     assert group is not None and group.path == "/limited/app"
     assert group.dirs == {"unified": v2 / "limited/app", "cpu": v1 / "limited/app"}
     sample = sample_group(group, layout, 123)
-    # The parent's 0.3-CPU quota limits the group: it is the one reported, with its path.
+    # The parent's 0.3-CPU quota limits the group: it is the one reported, with its path,
+    # and its throttling; the usage and PSI are the group's own.
     assert (sample.quota_us, sample.period_us, sample.quota_from) == (30000, 100000, "/limited")
-    assert sample.cpu == CgroupCpuStat(10, 4, 5000000, None)
+    assert sample.cpu == CgroupCpuStat(10, 4, 5000000, 2500000)
     assert sample.pressure == Pressure(1500, 700)
+    # Hybrid, with the cgroup2 group elsewhere than the cpu one: its usage and PSI are
+    # another group's, and are left out rather than mixed in.
+    (proc / "9").mkdir()
+    (proc / "9" / "cgroup").write_text("12:cpu:/limited/app\n0::/elsewhere\n")
+    (v2 / "elsewhere").mkdir()
+    other = task_group(9, layout, str(proc))
+    assert other is not None and other.dirs == {"cpu": v1 / "limited/app"}
+    assert sample_group(other, layout, 1).cpu == CgroupCpuStat(10, 4, 5000000, None)
+    # Pure v1 with cpuacct mounted apart: the usage is cpuacct.usage (ns).
+    acct = tmp_path / "cpuacct"
+    (acct / "limited" / "app").mkdir(parents=True)
+    (acct / "limited" / "app" / "cpuacct.usage").write_text("7777\n")
+    (proc / "10").mkdir()
+    (proc / "10" / "cgroup").write_text("4:cpuacct:/limited/app\n12:cpu:/limited/app\n")
+    v1_only = CgroupLayout(v2_root=None, v2_controllers=frozenset(),
+                           v1_roots={"cpu": v1, "cpuacct": acct})  # fmt: skip
+    pure = task_group(10, v1_only, str(proc))
+    assert pure is not None and pure.dirs == {"cpu": v1 / "limited/app",
+                                              "cpuacct": acct / "limited/app"}  # fmt: skip
+    assert sample_group(pure, v1_only, 1).cpu == CgroupCpuStat(10, 4, 5000000, 7777)
     (v2 / "limited" / "app" / "cpu.max").write_text("max 100000\n")
     assert read_quota(v2 / "limited" / "app") == (None, 100000)
     (v2 / "limited" / "app" / "cpu.max").write_text("50000 100000\n")
@@ -289,6 +318,43 @@ def test_a_quota_is_the_first_cause(root_bpftrace: None) -> None:
     # under it is throttled in nearly every period.
     assert cg["usage_cpus"] == pytest.approx(0.2, abs=0.03)
     assert cg["throttled_periods_ratio"] >= 0.9
+
+
+@pytest.mark.timing
+def test_a_parents_quota_is_found_and_its_throttling_read_there(root_bpftrace: None) -> None:
+    """A busy loop in a child group with no quota of its own, under a parent limited to
+    0.2 CPU (a pod's or a slice's quota above a container): the kernel throttles, and
+    counts, the parent; diagnose names the parent's quota and reads its throttling."""
+    with Sandbox(Limits(0.2, None)) as sandbox:
+        parent = "/" + next(iter(sandbox.dirs.values())).name
+        children = []
+        for d in dict.fromkeys(sandbox.dirs.values()):  # each hierarchy's directory once
+            (d / "child").mkdir()
+            children.append(d / "child")
+
+        def join_child() -> None:
+            for c in children:
+                (c / "cgroup.procs").write_text("0")
+
+        victim = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                  preexec_fn=join_child)  # fmt: skip
+        try:
+            time.sleep(0.5)
+            doc = _diagnose("--pid", str(victim.pid), "--duration", "3")
+        finally:
+            _stop(victim)
+            for c in children:
+                deadline = time.monotonic() + 5
+                while (c / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                c.rmdir()
+    (cg,) = [c for c in doc["cgroups"] if c["quota_cpus"] is not None]
+    assert cg["path"].endswith("/child") and cg["quota_from"] == parent, cg
+    assert cg["quota_cpus"] == pytest.approx(0.2)
+    assert cg["usage_cpus"] == pytest.approx(0.2, abs=0.03)
+    assert cg["throttled_periods_ratio"] >= 0.9, cg  # the parent's periods, throttled
+    first = doc["causes"][0]
+    assert first["kind"] == "quota" and first["ns"] >= 0.8 * _runnable(doc), doc["causes"]
 
 
 SLEEPER = "import time\nwhile True: time.sleep(0.01)"

@@ -81,8 +81,8 @@ class ProcessIO:
 class CgroupCpuStat:
     """A cgroup's CPU bandwidth counters (v1 cpu.stat or v2 cpu.stat, normalised).
 
-    cgroup v1 `throttled_time` is in ns and sums over CPUs; v2 `throttled_usec` is in us.
-    Both are stored here in ns. `usage_ns` is None where the hierarchy does not give it.
+    cgroup v1 `throttled_time` is in ns, v2 `throttled_usec` in us; both sum the throttled
+    time of the group's per-CPU run queues (so may exceed wall time). Stored here in ns. `usage_ns` is None where the hierarchy does not give it.
     """
 
     nr_periods: int

@@ -147,9 +147,16 @@ def cpu_stat(group_dirs: dict[str, Path]) -> CgroupCpuStat | None:
         if stat is None:
             return unified
         if unified is not None and stat.usage_ns is None:
-            return CgroupCpuStat(
+            stat = CgroupCpuStat(
                 stat.nr_periods, stat.nr_throttled, stat.throttled_ns, unified.usage_ns
             )
+    if stat is not None and stat.usage_ns is None and "cpuacct" in group_dirs:
+        # Pure v1: usage is cpuacct's (ns, all CPUs), cgroup-v1/cpuacct.rst.
+        try:
+            usage = int((group_dirs["cpuacct"] / "cpuacct.usage").read_text())
+        except (OSError, ValueError):
+            return stat
+        stat = CgroupCpuStat(stat.nr_periods, stat.nr_throttled, stat.throttled_ns, usage)
     return stat
 
 
@@ -196,24 +203,33 @@ def task_group(pid: int, layout: CgroupLayout, proc_root: str = "/proc") -> Task
         lines = Path(proc_root, str(pid), "cgroup").read_text().splitlines()
     except OSError:
         return None
-    v1_cpu = unified = None
+    v1_cpu = v1_cpuacct = unified = None
     for line in lines:
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         if hierarchy == "0" and not controllers:
             unified = path or "/"
-        elif "cpu" in controllers.split(","):
+            continue
+        if "cpu" in controllers.split(","):
             v1_cpu = path or "/"
+        if "cpuacct" in controllers.split(","):
+            v1_cpuacct = path or "/"
     dirs: dict[str, Path] = {}
-    if unified is not None and layout.v2_root is not None:
+    on_v1 = v1_cpu is not None and "cpu" in layout.v1_roots
+    label = v1_cpu if on_v1 else unified
+    if label is None:
+        return None
+    # Only files of this one group: on a hybrid machine the task's cgroup2 group (usage,
+    # PSI) or its cpuacct group (usage) may be another group than its cpu one (quota,
+    # throttling), and is then left out rather than mixed in under the cpu group's name.
+    if unified is not None and layout.v2_root is not None and unified == label:
         dirs["unified"] = layout.v2_root / unified.lstrip("/")
         if "cpu" in layout.v2_controllers:
             dirs["cpu"] = dirs["unified"]
-    if v1_cpu is not None and "cpu" in layout.v1_roots:
-        dirs["cpu"] = layout.v1_roots["cpu"] / v1_cpu.lstrip("/")
-    label = v1_cpu if v1_cpu is not None and "cpu" in layout.v1_roots else unified
-    if label is None:
-        return None
+    if on_v1:
+        dirs["cpu"] = layout.v1_roots["cpu"] / label.lstrip("/")
+        if v1_cpuacct == label and "cpuacct" in layout.v1_roots:
+            dirs["cpuacct"] = layout.v1_roots["cpuacct"] / label.lstrip("/")
     return TaskGroup(label, {k: d for k, d in dirs.items() if d.is_dir()})
 
 
@@ -253,6 +269,7 @@ def sample_group(group: TaskGroup, layout: CgroupLayout, t_ns: int) -> CgroupSam
     """A group's counters, PSI and quota now (the tightest of it and its ancestors)."""
     quota = period = None
     quota_from = None
+    root = None
     cpu_dir = group.dirs.get("cpu")
     if cpu_dir is not None:
         quota, period = read_quota(cpu_dir)
@@ -267,10 +284,20 @@ def sample_group(group: TaskGroup, layout: CgroupLayout, t_ns: int) -> CgroupSam
             d = above[0]
             quota, period = read_quota(d)
             quota_from = "/" + str(d.relative_to(root))
+    stat = cpu_stat(group.dirs)
+    if quota_from is not None and stat is not None and root is not None:
+        # Throttling is counted in the group whose quota ran out (its cfs_rq is the one
+        # throttled, kernel/sched/fair.c throttle_cfs_rq), not in its children: read it
+        # there, with this group's own usage.
+        limiting = read_cpu_stat_file(root / quota_from.lstrip("/") / "cpu.stat")
+        if limiting is not None:
+            stat = CgroupCpuStat(
+                limiting.nr_periods, limiting.nr_throttled, limiting.throttled_ns, stat.usage_ns
+            )
     return CgroupSample(
         path=group.path,
         t_ns=t_ns,
-        cpu=cpu_stat(group.dirs),
+        cpu=stat,
         pressure=cpu_pressure(group.dirs),
         quota_us=quota,
         period_us=period,
