@@ -79,9 +79,17 @@ VM_TESTS ?= tests/test_sandbox.py tests/test_procfs_kernel.py tests/test_breakdo
   tests/test_tracefs_trace.py::test_a_throttled_loop_runs_what_its_quota_allows \
   tests/test_tracefs_trace.py::test_nothing_left_in_tracefs_however_it_stops \
   tests/test_tracefs_trace.py::test_kill_int_from_a_script_stops_record_and_diagnose_cleanly \
-  tests/test_tracefs_breakdown.py::test_a_loop_sharing_a_cpu_waits_behind_the_other
+  tests/test_tracefs_breakdown.py::test_a_loop_sharing_a_cpu_waits_behind_the_other \
+  tests/test_container.py::test_trace_cpu_sees_the_noise_push_the_app_off_the_cpu \
+  tests/test_container.py::test_diagnose_names_the_noise_and_the_quota \
+  tests/test_container.py::test_record_a_container_then_report_it \
+  tests/test_container.py::test_unknown_container_is_a_usage_error
+# podman in the VM: the host's images loaded into a tmpfs store, containers on the host's
+# network (no bridge module in the VM).
 vmtest: install
-	$(PYTHON) tools/vmtest.py run --timeout 1200 -- \
+	$(BIN)/contend image build --engine podman
+	CONTEND_TEST_HOST_NETWORK=1 $(PYTHON) tools/vmtest.py run --timeout 1200 \
+	  --podman-image localhost/dtrace-cpu-contention:latest --podman-image localhost/contend-base:latest -- \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider -rfE --durations=10 $(VM_TESTS)
 
 clean:

@@ -282,6 +282,17 @@ def _wait_healthy(port: int, timeout_s: float = 60) -> None:
         time.sleep(0.2)
 
 
+# Where the kernel cannot make podman's bridge (`make vmtest`'s VM has no modules to
+# load), the app runs on the host's network, on loopback only.
+HOST_NETWORK = os.environ.get("CONTEND_TEST_HOST_NETWORK") == "1"
+
+
+def _publish(port: int) -> list[str]:
+    if HOST_NETWORK:
+        return ["--network", "host", "-e", "HOST=127.0.0.1", "-e", f"PORT={port}"]
+    return ["-p", f"127.0.0.1:{port}:5000"]
+
+
 def _start(name: str, *extra: str) -> Running:
     podman = _podman()
     port = _free_port()
@@ -295,8 +306,7 @@ def _start(name: str, *extra: str) -> Running:
             "--cpus=0.5",
             "-m",
             "512m",
-            "-p",
-            f"127.0.0.1:{port}:5000",
+            *_publish(port),
             *extra,
             IMAGE,
         ],
@@ -386,9 +396,11 @@ def host_decoy() -> Iterator[int]:
     """A host process with the app's comm, busy with CPU, syscalls and I/O."""
     proc = subprocess.Popen([sys.executable, "-c", DECOY])
     try:
-        time.sleep(0.3)
-        assert proc.poll() is None
-        assert Path(f"/proc/{proc.pid}/comm").read_text().strip() == "contend-app"
+        deadline = time.monotonic() + 60  # Python starts in seconds on a slow machine
+        comm = Path(f"/proc/{proc.pid}/comm")
+        while comm.read_text().strip() != "contend-app":
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
         yield proc.pid
     finally:
         proc.kill()
@@ -580,8 +592,11 @@ def test_diagnose_names_the_noise_and_the_quota(container: Running) -> None:
         whole = _diagnose("--container", container.name, "--duration", "3")
     assert one["verdict"]["contention"] is True
     kinds = {c["kind"]: c for c in one["causes"]}
-    assert "contend-noise" in kinds["neighbour"]["comms"], one["causes"]
-    assert kinds["neighbour"]["cgroup"] and "container" in kinds["neighbour"]["cgroup"]
+    # The noise is one of the neighbours (the machine's other tasks, contend's own
+    # sampling among them, may be others), in the container.
+    noise = [c for c in one["causes"] if c["kind"] == "neighbour" and "contend-noise" in c["comms"]]
+    assert noise, one["causes"]
+    assert noise[0]["cgroup"] and "container" in noise[0]["cgroup"], noise
     assert "quota" in kinds, one["causes"]
     limited = [c for c in one["cgroups"] if c["quota_cpus"] is not None]
     assert [c["quota_cpus"] for c in limited] == [pytest.approx(0.5)]

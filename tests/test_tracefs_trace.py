@@ -183,15 +183,15 @@ def test_two_pinned_busy_loops_against_schedstat_and_bpftrace(root: None, tmp_pa
     try:
         time.sleep(0.5)
         targets = [a for p in procs for a in ("--pid", str(p.pid))]
-        for backend in ("bpftrace", "tracefs"):  # bpftrace first: it takes longer to attach
-            runs[backend] = subprocess.Popen(
+        # bpftrace first: it takes longer to attach; tracefs once it has. schedstat over
+        # the traces' own windows, not their start-up: read once both have printed a first
+        # interval (attached), and as soon as the first of them ends.
+        for backend in ("bpftrace", "tracefs"):
+            r = runs[backend] = subprocess.Popen(
                 [*contend_command(), "trace", "--format", "json", "cpu", "--backend", backend,
                  *targets, "--duration", "3.5", "--interval", "0.25", "-o", str(results[backend])],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-        # schedstat over the traces' own windows, not their start-up: read once both have
-        # printed a first interval (attached), and as soon as the first of them ends.
-        for r in runs.values():
             assert r.stdout is not None and r.stdout.readline(), r.communicate()[1]
         before = {p.pid: next(iter(fs.tasks([p.pid]))) for p in procs}
         while all(r.poll() is None for r in runs.values()):

@@ -132,15 +132,41 @@ def initramfs(tree: Path) -> Path:
     return image
 
 
-def run(command: list[str], cpus: int, memory: str, timeout: float) -> int:
+def saved_images(images: list[str]) -> Path | None:
+    """The podman images, saved on the host once per set of image IDs, for the VM to
+    `podman load` into a tmpfs store (its root is an overlay: no overlay store on it)."""
+    if not images:
+        return None
+    ids = []
+    for image in images:
+        done = subprocess.run(
+            ["podman", "image", "inspect", "--format", "{{.Id}}", image],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if done.returncode != 0:
+            fail(f"podman has no image {image}: {done.stderr.strip()}")
+        ids.append(done.stdout.strip()[:12])
+    archive = VM_DIR / f"images-{'-'.join(ids)}.tar"
+    if not archive.exists():
+        for old in VM_DIR.glob("images-*.tar"):
+            old.unlink()
+        partial = archive.with_suffix(".partial")
+        subprocess.run(["podman", "save", "-q", "-m", "-o", str(partial), *images], check=True)
+        partial.rename(archive)
+    return archive
+
+
+def run(command: list[str], cpus: int, memory: str, timeout: float, images: list[str]) -> int:
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
         fail("no qemu-system-x86_64 (apt-get install qemu-system-x86)")
     tree = fetch()
     kernel = next((tree / "boot").glob("vmlinuz-*"))
     image = initramfs(tree)
+    archive = saved_images(images)
     with tempfile.TemporaryDirectory(prefix="contend-vm-") as out:
-        (Path(out) / "command").write_text(shlex.join(command) + "\n")
+        if archive is not None:
+            (Path(out) / "images").write_text(f"{archive}\n")
         (Path(out) / "cwd").write_text(str(PROJECT) + "\n")
         env_lines = [
             f"export {k}={shlex.quote(v)}"
@@ -191,6 +217,9 @@ def main() -> int:
     r.add_argument("--cpus", type=int, default=2)
     r.add_argument("--memory", default="4G")
     r.add_argument("--timeout", type=float, default=1200)
+    r.add_argument(
+        "--podman-image", action="append", default=[], help="load this podman image in the VM"
+    )
     r.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     if args.what == "fetch":
@@ -199,7 +228,7 @@ def main() -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         fail("give a command after --")
-    return run(command, args.cpus, args.memory, args.timeout)
+    return run(command, args.cpus, args.memory, args.timeout, args.podman_image)
 
 
 if __name__ == "__main__":

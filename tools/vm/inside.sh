@@ -26,6 +26,14 @@ echo $$ >"$root/user.slice/user-0.slice/session-1.scope/cgroup.procs"
 ip link set lo up 2>/dev/null
 hostname contend-vm
 echo "vm: $(uname -r), cgroup: $(stat -fc %T /sys/fs/cgroup), controllers: $(cat $root/cgroup.controllers)"
+# podman's store on a tmpfs (an overlay store cannot sit on the overlay root), with the
+# images the host saved for this run.
+mount -t tmpfs tmpfs /var/lib/containers
+if [ -r /vm-out/images ]; then
+  started=$(date +%s)
+  podman load -q -i "$(cat /vm-out/images)" >/dev/null || echo "vm: podman load failed"
+  echo "vm: podman images loaded in $(($(date +%s) - started)) s"
+fi
 rc=1
 if [ -r /vm-out/command ]; then
   (cd "$(cat /vm-out/cwd)" && exec bash /vm-out/command)

@@ -245,8 +245,10 @@ def read_quota(cpu_dir: Path) -> tuple[int | None, int | None]:
             period = (cpu_dir / "cpu.cfs_period_us").read_text().strip()
     except (OSError, ValueError):
         return None, None
-    if quota in ("max", "-1") or not quota.lstrip("-").isdigit():
-        return None, int(period) if period.isdigit() else None
+    if not period.isdigit():
+        return None, None
+    if quota in ("max", "-1") or not quota.isdigit():
+        return None, int(period)
     return int(quota), int(period)
 
 

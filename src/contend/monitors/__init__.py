@@ -201,14 +201,17 @@ def run_trace_output(
     finally:
         ended = time.monotonic()
         try:
-            if opts.on_stopping is not None:
-                opts.on_stopping()
+            try:
+                if opts.on_stopping is not None:
+                    opts.on_stopping()
+            finally:
+                out = tracer.stop()
+            # Who owns each call still in flight: asked now, while those threads live.
+            owners = {int(t): thread_owner(int(t)) for t in out.maps.get("@contend_sys_start", {})}
         finally:
-            out = tracer.stop()
-        # Who owns each call still in flight: asked now, while those threads live.
-        owners = {int(t): thread_owner(int(t)) for t in out.maps.get("@contend_sys_start", {})}
-        if launched is not None:
-            exit_status = launched.finish()
+            # Whatever failed above, the launched command does not outlive the run.
+            if launched is not None:
+                exit_status = launched.finish()
     if opts.target.system_wide:
         notes.append("no target given: the whole system was traced")
     if out.lost_events:

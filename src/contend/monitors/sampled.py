@@ -10,14 +10,13 @@ no syscall latency: every result says so.
 from __future__ import annotations
 
 import itertools
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 
+from contend.collect.launch import launch
 from contend.collect.procfs import ProcFS
 from contend.collect.sampler import Sampler
-from contend.errors import ContendError, Terminated
+from contend.errors import Terminated
 from contend.model import CgroupCpuStat, Pressure, ProcessEvent, SampledTrace, Snapshot
 from contend.target import Target
 
@@ -32,7 +31,14 @@ def pid_source(target: Target, fs: ProcFS, launched: int | None) -> Callable[[],
         return lambda: fs.pids_with_comm(comm)
     if target.cgroup is not None:
         procs = target.cgroup / "cgroup.procs"
-        return lambda: [int(p) for p in procs.read_text().split()] if procs.exists() else []
+
+        def members() -> list[int]:
+            try:
+                return [int(p) for p in procs.read_text().split()]
+            except OSError:  # the group was removed meanwhile
+                return []
+
+        return members
     if launched is not None:
         return lambda: fs.descendants(launched) if (fs.root / str(launched)).exists() else []
     return fs.pids
@@ -70,20 +76,22 @@ def run_sampled(
     """`on_started`/`on_stopping`: told when sampling runs (with the launched command's
     pid) and just before it ends."""
     fs = ProcFS()
-    launched: subprocess.Popen[bytes] | None = None
-    if target.command:
-        path = shutil.which(target.command[0])
-        if path is None:
-            raise ContendError(f"command not found: {target.command[0]}", exit_code=127)
-        launched = subprocess.Popen([path, *target.command[1:]])
-    source = pid_source(target, fs, launched.pid if launched else None)
-    sampler = Sampler(
-        source,
-        interval_s=interval_s,
-        cgroup_cpu=cgroup_cpu,
-        cgroup_pressure=cgroup_pressure,
-        procfs=fs,
-    )
+    # Held at its gate until sampling runs, and ended with what it started (as on the
+    # other backends): collect.launch.
+    launched = launch(target.command) if target.command else None
+    try:
+        source = pid_source(target, fs, launched.proc.pid if launched else None)
+        sampler = Sampler(
+            source,
+            interval_s=interval_s,
+            cgroup_cpu=cgroup_cpu,
+            cgroup_pressure=cgroup_pressure,
+            procfs=fs,
+        )
+    except BaseException:
+        if launched is not None:
+            launched.abort()
+        raise
     notes = [
         "procfs backend: sampled every "
         f"{interval_s * 1000:.0f} ms; tasks shorter than that are missed; no syscall latency, "
@@ -92,11 +100,13 @@ def run_sampled(
     started = time.monotonic()
     sampler.start()
     try:
+        if launched is not None:
+            launched.release()
         if on_started is not None:
-            on_started(launched.pid if launched is not None else None)
+            on_started(launched.proc.pid if launched is not None else None)
         deadline = started + duration_s if duration_s else None
         while True:
-            if launched is not None and launched.poll() is not None:
+            if launched is not None and launched.proc.poll() is not None:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
@@ -104,24 +114,22 @@ def run_sampled(
     except (KeyboardInterrupt, Terminated):
         notes.append("stopped by a signal before the end")
     finally:
-        try:
-            if on_stopping is not None:
-                on_stopping()
-        finally:
-            snapshots = sampler.stop()
         exit_status = None
-        if launched is not None:
-            if launched.poll() is None:
-                launched.terminate()
-                launched.wait()
-            rc = launched.returncode
-            exit_status = rc if rc >= 0 else 128 - rc
+        try:
+            try:
+                if on_stopping is not None:
+                    on_stopping()
+            finally:
+                snapshots = sampler.stop()
+        finally:
+            if launched is not None:
+                exit_status = launched.finish()
     events: list[ProcessEvent] = []
     for a, b in itertools.pairwise(snapshots):
         events.extend(_events(a, b))
     if launched is not None and exit_status is not None:
-        pid = launched.pid
-        rc = launched.returncode  # negative: killed by that signal (subprocess's rule)
+        pid = launched.proc.pid
+        rc = launched.proc.returncode  # negative: killed by that signal (subprocess's rule)
         code, sig = (rc, 0) if rc >= 0 else (None, -rc)
         events = [e for e in events if not (e.event == "exit" and e.pid == pid and e.tid == pid)]
         events.append(
