@@ -10,9 +10,9 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
+# /run afresh (the host's runtime state is not the VM's); /tmp stays the overlay's: the
+# project may be a clone under the host's /tmp, and writes land in the tmpfs upper anyway.
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /var/tmp
 # systemd's cgroup layout: cgroup2 alone at /sys/fs/cgroup, controllers enabled from the
 # root down to the slices, processes only in leaves (the no-internal-process rule).
 mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup
