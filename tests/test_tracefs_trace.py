@@ -183,20 +183,35 @@ def test_two_pinned_busy_loops_against_schedstat_and_bpftrace(root: None, tmp_pa
     try:
         time.sleep(0.5)
         targets = [a for p in procs for a in ("--pid", str(p.pid))]
-        # bpftrace first: it takes longer to attach; tracefs once it has. schedstat over
-        # the traces' own windows, not their start-up: read once both have printed a first
-        # interval (attached), and as soon as the first of them ends.
+        # bpftrace first: it takes longer to attach; tracefs once it has. Each backend is
+        # held against schedstat over its own window: read when it has printed a first
+        # interval (attached) and when it ends. (One schedstat window for both was 12%
+        # off under load: the other tracer's start-up ran on the loops' CPU in part of it.)
+        before: dict[str, dict[int, Any]] = {}
+        after: dict[str, dict[int, Any]] = {}
+
+        def schedstat() -> dict[int, Any]:
+            return {p.pid: next(iter(fs.tasks([p.pid]))) for p in procs}
+
         for backend in ("bpftrace", "tracefs"):
-            r = runs[backend] = subprocess.Popen(
-                [*contend_command(), "trace", "--format", "json", "cpu", "--backend", backend,
-                 *targets, "--duration", "3.5", "--interval", "0.25", "-o", str(results[backend])],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            assert r.stdout is not None and r.stdout.readline(), r.communicate()[1]
-        before = {p.pid: next(iter(fs.tasks([p.pid]))) for p in procs}
-        while all(r.poll() is None for r in runs.values()):
+            intervals = tmp_path / f"{backend}.intervals"
+            with intervals.open("w") as sink:  # a file: a pipe left unread would fill
+                r = runs[backend] = subprocess.Popen(
+                    [*contend_command(), "trace", "--format", "json", "cpu", "--backend",
+                     backend, *targets, "--duration", "3.5", "--interval", "0.25",
+                     "-o", str(results[backend])],
+                    stdout=sink, stderr=subprocess.PIPE, text=True,
+                )  # fmt: skip
+            deadline = time.monotonic() + 120
+            while not intervals.read_text().strip():
+                assert r.poll() is None and time.monotonic() < deadline, r.communicate()[1]
+                time.sleep(0.01)
+            before[backend] = schedstat()
+        while len(after) < len(runs):
+            for backend, r in runs.items():
+                if backend not in after and r.poll() is not None:
+                    after[backend] = schedstat()
             time.sleep(0.005)
-        after = {p.pid: next(iter(fs.tasks([p.pid]))) for p in procs}
         outputs = {b: r.communicate(timeout=120) for b, r in runs.items()}
     finally:
         for p in procs:
@@ -211,7 +226,7 @@ def test_two_pinned_busy_loops_against_schedstat_and_bpftrace(root: None, tmp_pa
         for pid, row in rows.items():
             share = row["on_cpu_ns"] / total
             assert 0.45 <= share <= 0.55, (backend, share)
-            b, a = before[pid], after[pid]
+            b, a = before[backend][pid], after[backend][pid]
             sched_slices = a.slices - b.slices
             sched_slice = (a.on_cpu_ns - b.on_cpu_ns) / sched_slices
             sched_wait = (a.run_queue_wait_ns - b.run_queue_wait_ns) / sched_slices
