@@ -330,6 +330,14 @@ def test_a_launched_command_ends_with_its_children_at_the_duration(
     assert alive == [], alive
 
 
+def _wait_for_instance(name: str, timeout_s: float = 60) -> None:
+    """Until contend's tracefs instance `name` exists: the run is tracing."""
+    deadline = time.monotonic() + timeout_s
+    while name not in ours() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert name in ours()
+
+
 @pytest.mark.parametrize(
     "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGKILL]
 )
@@ -342,10 +350,7 @@ def test_nothing_left_in_tracefs_however_it_stops(root: None, sig: int) -> None:
     )  # fmt: skip
     name = f"contend-{proc.pid}"
     try:
-        deadline = time.monotonic() + 60
-        while name not in ours() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert name in ours()
+        _wait_for_instance(name)
         time.sleep(0.5)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
@@ -795,10 +800,7 @@ def test_kill_int_from_a_script_stops_record_and_diagnose_cleanly(
     )  # fmt: skip
     name = f"contend-{proc.pid}"
     try:
-        deadline = time.monotonic() + 60
-        while name not in ours() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert name in ours()
+        _wait_for_instance(name)
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=30)
