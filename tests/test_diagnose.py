@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,24 @@ def test_a_neighbour_is_the_first_cause_with_its_share_and_its_container() -> No
     assert cg.path == "/app" and cg.quota_cpus is None and cg.usage_cpus == pytest.approx(0.4)
     assert cg.psi_some == pytest.approx(0.4) and cg.pids == (10,)
     assert d.processes[0].breakdown["queued"] == int(1.8 * S)
+
+
+def test_waits_behind_contends_own_tracer_are_named_but_not_contention() -> None:
+    # The same victim, but the task that held its CPU for 1.8 s is contend's bpftrace.
+    obs = replace(victim_and_hog(), observers=(20, 30))
+    d = diagnose(obs)
+    assert d.verdict.contention is False and d.verdict.wait_to_run == pytest.approx(0.0)
+    assert [c.kind for c in d.causes] == ["observer", "wakeup_latency"]
+    (own,) = [c for c in d.causes if c.kind == "observer"]
+    assert own.ns == int(1.8 * S) and own.pids == (20,)
+    assert "contend's own processes (hog (PID 20))" in own.sentence
+    # Still in the breakdown as queued time: the shares add up to the wall time.
+    assert d.to_json_dict()["breakdown"]["queued"] == int(1.8 * S)
+    assert "no contention" in d.verdict.summary
+    # A target's own pid is never an observer (a launched command is contend's child).
+    assert diagnose(replace(victim_and_hog(), observers=(10,))).verdict.wait_to_run == (
+        pytest.approx(0.9)
+    )
 
 
 def test_the_diagnosis_json_reads_back_the_same() -> None:
@@ -377,10 +396,15 @@ def test_a_sleeper_alone_is_not_contended(root_bpftrace: None) -> None:
     assert doc["verdict"]["contention"] is False and doc["verdict"]["severity"] != "severe"
     slept = {s["detail"]: s["ns"] for s in doc["shares"] if s["state"] == "sleeping"}
     assert slept["clock_nanosleep"] >= 0.8 * doc["wall_ns"], slept
-    # What little it waited behind others (kernel threads, contend's own sampling) is a
-    # sliver of its time.
+    # What little it waited behind others (kernel threads) is a sliver of its time; what it
+    # waited behind contend's own tracer and sampler is named as theirs and not counted
+    # (under qemu's TCG that was most of its wait).
     b = doc["breakdown"]
-    assert b["queued"] + b["throttled"] <= 0.05 * doc["wall_ns"]
+    own = [s for s in doc["shares"] if s["detail"].startswith("behind contend's own ")]
+    assert {s["detail"].split()[3] for s in own} <= {"bpftrace", "python3", "python", "contend"}
+    observed = sum(s["ns"] for s in own)
+    assert b["queued"] - observed + b["throttled"] <= 0.05 * doc["wall_ns"]
+    assert all(c["kind"] != "neighbour" or c["ns"] < 0.05 * doc["wall_ns"] for c in doc["causes"])
 
 
 def test_procfs_as_nobody_sees_the_contention_from_schedstat(root_bpftrace: None) -> None:

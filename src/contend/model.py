@@ -273,7 +273,7 @@ class Cause:
     """One cause of waiting, ranked by `share_of_demand`: the part of the time the target
     wanted a CPU (running + runnable) that this cause took."""
 
-    kind: str  # quota | neighbour | own_threads | wakeup_latency | runnable_unsplit
+    kind: str  # quota | neighbour | own_threads | observer | wakeup_latency | runnable_unsplit
     who: str
     ns: int
     share_of_demand: float
@@ -578,6 +578,8 @@ class Observation:
     system_wide: bool = False  # no target: rank the machine's processes and cgroups
     followed_cgroup: str | None = None  # the group whose counters each snapshot carries
     asleep: dict[int, int] = field(default_factory=dict)  # tid -> syscall nr at the start
+    # contend's own processes (itself, its tracer): waits behind them are the measurement's
+    observers: tuple[int, ...] = ()
 
     @property
     def duration_s(self) -> float:

@@ -7,6 +7,8 @@ events (monitors/breakdown.py) the runnable time is split by who held the CPU me
   run queue, so its runnable threads wait although the CPU is free);
 - the idle task otherwise: wake-up latency (the CPU was waking up to run it);
 - a thread of the target itself: queued behind its own threads;
+- contend's own processes (its tracer, its sampler): queued behind the observer, the
+  measurement's own cost, which is not counted as contention of the target;
 - anything else: queued behind that task, named with its process.
 
 The sleeping time is split by the syscall the thread slept in. Shares are of the threads'
@@ -48,6 +50,7 @@ UNACCOUNTED = "unaccounted"
 # The order shares are listed in (and stacked in plots): model.BREAKDOWN_STATES.
 STATES = BREAKDOWN_STATES
 _OWN = "behind its own threads ("
+_OBSERVER = "behind contend's own "
 
 
 Part = tuple[str, str, int, int | None]  # state, detail, ns, the holder's pid
@@ -75,9 +78,11 @@ def runnable_split(
     runnable_ns: int,
     own_pids: set[int],
     throttling: bool,
+    observers: frozenset[int] = frozenset(),
 ) -> list[Part]:
     """Share `runnable_ns` out over who held the CPU, in proportion to their charges;
-    the holders are named by process (a process's threads together)."""
+    the holders are named by process (a process's threads together); `observers`: the
+    pids of contend itself and its tracer."""
     charged = sum(o.wait_ns for o in occupants)
     if charged <= 0 or runnable_ns <= 0:
         return [(RUNNABLE, "", runnable_ns, None)]
@@ -95,6 +100,8 @@ def runnable_split(
             )
         elif pid in own_pids:
             parts.append((QUEUED, f"{_OWN}{comms[pid]})", ns, pid))
+        elif pid in observers:
+            parts.append((QUEUED, f"{_OBSERVER}{process_name(comms[pid], pid)}", ns, pid))
         else:
             parts.append((QUEUED, f"behind {process_name(comms[pid], pid)}", ns, pid))
     return parts
@@ -106,6 +113,7 @@ def from_events(
     pids: set[int] | None = None,
     throttling: bool = False,
     tids: set[int] | None = None,
+    observers: frozenset[int] = frozenset(),
 ) -> Breakdown:
     """The breakdown of the traced threads of `pids` (all traced threads if None), or
     of the threads `tids`.
@@ -118,7 +126,7 @@ def from_events(
         if (pids is None or t.pid in pids) and (tids is None or t.tid in tids)
     ]
     own = {t.pid for t in times.threads}
-    return _breakdown(threads, times.occupants, label, own, throttling)
+    return _breakdown(threads, times.occupants, label, own, throttling, observers - own)
 
 
 def _breakdown(
@@ -127,12 +135,13 @@ def _breakdown(
     label: str,
     own_pids: set[int],
     throttling: bool,
+    observers: frozenset[int],
 ) -> Breakdown:
     wall = sum(t.wall_ns for t in threads)
     running = sum(t.running_ns for t in threads)
     runnable = sum(t.runnable_ns for t in threads)
     parts: list[Part] = [(RUNNING, "", running, None)]
-    parts += runnable_split(occupants, runnable, own_pids, throttling)
+    parts += runnable_split(occupants, runnable, own_pids, throttling, observers)
     slept = 0
     for t in threads:
         for syscall, ns in t.sleeping_ns.items():
@@ -177,6 +186,18 @@ def demand_ns(b: Breakdown) -> int:
     )
 
 
+def observer_ns(b: Breakdown) -> int:
+    """The runnable time spent behind contend's own processes (the measurement's cost)."""
+    return sum(s.ns for s in b.shares if s.state == QUEUED and s.detail.startswith(_OBSERVER))
+
+
+def contended_ns(b: Breakdown) -> int:
+    """Runnable time that something else caused: a quota, a task holding the CPU, or a
+    holder procfs cannot name. Not wake-up latency on an idle CPU (nobody took that CPU),
+    nor contend's own processes (the measurement, not the workload)."""
+    return sum(b.total(state) for state in (THROTTLED, QUEUED, RUNNABLE)) - observer_ns(b)
+
+
 @dataclass(frozen=True)
 class Context:
     """What the causes are told about the world around the breakdown (all optional).
@@ -211,6 +232,8 @@ def causes(b: Breakdown, target: str, ctx: Context | None = None) -> tuple[Cause
             key = ("quota", quota_name)
         elif s.state == QUEUED and s.detail.startswith(_OWN):
             key = ("own_threads", "its own threads")
+        elif s.state == QUEUED and s.detail.startswith(_OBSERVER):
+            key = ("observer", "contend itself")
         elif s.state == QUEUED:
             name = s.detail.removeprefix("behind ")
             role = ctx.roles.get(s.pid) if s.pid is not None else None
@@ -238,7 +261,7 @@ def _holder_comm(detail: str) -> str:
     """The name in a queued share's detail (as runnable_split writes it)."""
     if detail.startswith(_OWN):
         return detail[len(_OWN) : -1]
-    return detail.removeprefix("behind ").rsplit(" (PID ", 1)[0]
+    return detail.removeprefix(_OBSERVER).removeprefix("behind ").rsplit(" (PID ", 1)[0]
 
 
 def _cpus(ns: int, window_ns: int) -> str:
@@ -293,6 +316,12 @@ def _cause(
         advice = (
             "Its runnable threads outnumber the CPUs it can use: fewer busy threads or "
             "processes, or more CPUs for it."
+        )
+    elif kind == "observer":
+        sentence = f"Queued behind contend's own processes ({names}): {of}."
+        advice = (
+            "The measurement's own cost, not counted as contention: trace for less (fewer "
+            "monitors, --backend procfs) or pin contend away from the target (taskset)."
         )
     elif kind == "wakeup_latency":
         sentence = f"Waiting for an idle CPU to wake up and run it: {of}."

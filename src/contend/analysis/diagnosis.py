@@ -252,7 +252,7 @@ CONTENDED = (bd.THROTTLED, bd.QUEUED, bd.RUNNABLE)
 def _wait_to_run(b: Breakdown) -> float | None:
     """Runnable time others caused per ns on a CPU (inf: it waited but never ran)."""
     running = b.total(bd.RUNNING)
-    waited = sum(b.total(state) for state in CONTENDED)
+    waited = bd.contended_ns(b)
     if running > 0:
         return waited / running
     return None if waited <= 0 else float("inf")
@@ -270,7 +270,8 @@ def _process_breakdowns(
     label = obs.target
     times = obs.sched_times
     if times is not None:
-        whole = bd.from_events(times, label, None, throttling)
+        observers = frozenset(obs.observers)
+        whole = bd.from_events(times, label, None, throttling, observers=observers)
         procs: list[tuple[int, str, Breakdown, list[ThreadReport]]] = []
         for pid in sorted({t.pid for t in times.threads}):
             mine = [t for t in times.threads if t.pid == pid]
@@ -289,7 +290,7 @@ def _process_breakdowns(
                 )
                 for t in mine
             ]
-            b = bd.from_events(times, f"{comm} (PID {pid})", {pid}, throttling)
+            b = bd.from_events(times, f"{comm} (PID {pid})", {pid}, throttling, observers=observers)
             procs.append((pid, comm, b, threads))
         return whole, procs, bd.SOURCE_EVENTS
     snaps = obs.snapshots
@@ -362,7 +363,7 @@ def diagnose(obs: Observation, clock_ticks: int = CLOCK_TICKS_DEFAULT) -> Diagno
     ranked = bd.causes(whole, obs.target, ctx)
     ratio = _wait_to_run(whole)
     slices = slice_count(obs, clock_ticks)
-    waited = sum(whole.total(state) for state in CONTENDED)
+    waited = bd.contended_ns(whole)
     per_slice = waited / slices / 1e3 if slices else None
     contention, severity = severity_of(ratio, per_slice)
     psi = obs.psi_system
@@ -461,7 +462,7 @@ def _process_report(
     ratio = _wait_to_run(b)
     known = [t.slices for t in threads if t.slices is not None]
     slices = sum(known) if known and len(known) == len(threads) else None
-    waited = sum(b.total(s) for s in CONTENDED)
+    waited = bd.contended_ns(b)
     per_slice = waited / slices / 1e3 if slices else None
     severity = severity_of(ratio, per_slice)[1]
     window = obs.end_ns - obs.start_ns
@@ -537,7 +538,7 @@ def _summary(
     if not contention:
         word = "mild waiting" if severity == "mild" else "no contention"
         return f"{target}: {word} ({how})."
-    top = next((c for c in ranked if c.kind != "wakeup_latency"), None)
+    top = next((c for c in ranked if c.kind not in ("wakeup_latency", "observer")), None)
     why = f"; first cause: {top.sentence[0].lower()}{top.sentence[1:]}" if top else "."
     return f"{target} is starved of CPU, {severity}ly ({how}){why}"
 

@@ -91,7 +91,9 @@ def verdict(
         evidence.append(f"System CPU pressure: some {m.psi_cpu_some_pct:.0f}% of the time.")
     if ranked and contended:
         causes = [
-            c.sentence for c in ranked if c.kind not in ("wakeup_latency", "runnable_unsplit")
+            c.sentence
+            for c in ranked
+            if c.kind not in ("wakeup_latency", "runnable_unsplit", "observer")
         ] or causes
     return Verdict(contended, severity, tuple(evidence), tuple(causes), ranked)
 

@@ -68,7 +68,7 @@ def record(
         run = run_tracefs(opts)
     finally:
         watch.stopping()
-    run.around = watch.surroundings("tracefs")
+    watch.attach(run)
     resolve_holders(run)  # while they live: the file names them as diagnose did
     sessions.save(run, out)
     r = run.result

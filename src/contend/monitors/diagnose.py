@@ -9,6 +9,7 @@ CPUs took. procfs alone (no root) gives the same Observation without events.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -136,6 +137,28 @@ class Watch:
         self.followed: TaskGroup | None = None
         self.asleep: dict[int, int] = {}
         self.name = ""
+        self.observers: set[int] = set()
+        self.observer_tids: dict[int, int] = {}  # tid -> pid, threads that may end first
+
+    def _see_observers(self, targets: list[int]) -> None:
+        """contend itself and its children (the tracer), not the target's processes (a
+        launched command is contend's child too); their threads, whose tids name them
+        after the threads ended (the sampler's, a reader's)."""
+        skip = set(targets)
+        stack = [os.getpid()]
+        seen: set[int] = set()
+        while stack:
+            pid = stack.pop()
+            if pid in skip or pid in seen:
+                continue
+            seen.add(pid)
+            self.observers.add(pid)
+            try:
+                for tid in self.fs.tids(pid):
+                    self.observer_tids.setdefault(tid, pid)
+                stack.extend(self.fs.children(pid))
+            except (ProcGone, OSError):
+                continue
 
     def started(self, launched: int | None) -> None:
         source = pid_source(self.target, self.fs, launched)
@@ -169,6 +192,7 @@ class Watch:
                 procfs=self.fs,
             )
             self.sampler.start()
+        self._see_observers(found)
 
     def label(self) -> str:
         """The target as the diagnosis names it: `pid 812 (gunicorn)` for pids."""
@@ -186,6 +210,13 @@ class Watch:
         """What was read around the events, as an Observation without them."""
         return _surroundings(self, backend)
 
+    def attach(self, run: TracefsRun) -> None:
+        """Give a tracefs run what was read around it, and the process of each of
+        contend's own threads (one that ended is not in /proc to resolve)."""
+        run.around = self.surroundings("tracefs")
+        for tid, pid in self.observer_tids.items():
+            run.tasks.tgid[tid] = pid
+
     # The followed group's counters, for each sample (None until it is known).
     def cgroup_cpu(self) -> CgroupCpuStat | None:
         return cpu_stat(self.followed.dirs) if self.followed is not None else None
@@ -196,10 +227,10 @@ class Watch:
     def stopping(self) -> None:
         if not self.start_ns or self.end_ns:
             return  # never started, or stopped already
+        self._see_observers(self.source())
         if self.sampler is not None:
             self.snapshots = self.sampler.stop()
             self.sampler = None
-        self.source()
         self.cgroups = self.groups.pairs()
         self.psi = (self.psi[0], self.fs.system_pressure())
         self.processes = (self.processes[0], all_processes(self.fs, self.layout))
@@ -221,13 +252,15 @@ def _surroundings(watch: Watch, backend: str) -> Observation:
         psi_system=watch.psi,
         processes=watch.processes,
         asleep=dict(watch.asleep),
+        observers=tuple(sorted(watch.observers)),
     )
 
 
-def _resolve_holders(times: SchedTimes, fs: ProcFS) -> SchedTimes:
+def _resolve_holders(times: SchedTimes, fs: ProcFS, known: dict[int, int]) -> SchedTimes:
     """Each task that held a CPU while the target waited, with its process: a target
-    thread's from the trace, another's from /proc now (None when it is gone)."""
-    own = {t.tid: t.pid for t in times.threads}
+    thread's from the trace, contend's own from `known`, another's from /proc now (None
+    when it is gone)."""
+    own = {**known, **{t.tid: t.pid for t in times.threads}}
     occupants = []
     for o in times.occupants:
         if o.tid == 0:
@@ -300,7 +333,7 @@ def observe(
             watch.stopping()
         times = breakdown.sched_times(out)
         if times is not None:
-            times = _resolve_holders(times, fs)
+            times = _resolve_holders(times, fs, watch.observer_tids)
         rows = tuple(r for r in result.syscalls)
         lost = result.lost_events
         overhead = result.overhead
@@ -345,7 +378,7 @@ def observe(
             run = run_tracefs(opts, wait)
         finally:
             watch.stopping()  # a run that failed after it started: the sampler ends too
-        run.around = watch.surroundings("tracefs")
+        watch.attach(run)
         recorded = observation_of_session(run)
         return replace(recorded, notes=(*notes, *recorded.notes)), run
     around = watch.surroundings(chosen)
