@@ -17,6 +17,9 @@ import pytest
 from contend.collect.cgroups import detect_layout
 
 REQUIRE_KERNEL = os.environ.get("CONTEND_REQUIRE_KERNEL") == "1"
+# How much slower than this machine the tests run (`make vmtest`'s TCG: about 5x): waits
+# for something to start scale by it, never an assertion.
+TIME_SCALE = float(os.environ.get("CONTEND_TEST_TIME_SCALE") or 1)
 
 # Started in the background of a shell without job control, pytest inherits SIGINT
 # ignored, and so would every contend the tests start (Python installs no Ctrl-C handler

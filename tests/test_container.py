@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from conftest import contend_command, need
+from conftest import TIME_SCALE, contend_command, need
 from contend.collect import bpftrace as bt
 from contend.collect.cgroups import detect_layout
 from contend.lab import image
@@ -269,6 +269,7 @@ def _cgroup_dirs(pid: int) -> list[Path]:
 
 
 def _wait_healthy(port: int, timeout_s: float = 60) -> None:
+    timeout_s *= TIME_SCALE  # the app's start-up under a 0.5-CPU quota, in a TCG VM too
     deadline = time.monotonic() + timeout_s
     while True:
         try:
