@@ -89,6 +89,9 @@ class CgroupCpuStat:
     nr_throttled: int
     throttled_ns: int
     usage_ns: int | None = None
+    # Burst (sched-bwc.rst "Burst feature", 5.14+): v1 burst_time (ns), v2 burst_usec.
+    nr_bursts: int | None = None
+    burst_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,6 +537,7 @@ class CgroupSample:
     quota_us: int | None
     period_us: int | None
     quota_from: str | None = None  # an ancestor whose quota is tighter than the group's
+    burst_us: int | None = None  # cpu.max.burst / cpu.cfs_burst_us of the quota's group
 
 
 @dataclass(frozen=True, slots=True)
@@ -1026,3 +1030,102 @@ class ArmTimeline:
     waits: tuple[CpuSlice, ...]
     roles: dict[int, str]
     snapshots: tuple[Snapshot, ...]
+
+
+# --- the continuous per-cgroup accounting (top, exporter) --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCounters:
+    """One thread's scheduler counters since it started (/proc/PID/task/TID/schedstat:
+    on-CPU ns, run-queue wait ns, slices on a CPU)."""
+
+    pid: int
+    tid: int
+    on_cpu_ns: int
+    wait_ns: int
+    slices: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupNames:
+    """Who a cgroup path says runs there (None where it says nothing)."""
+
+    container: str | None = None  # the short id
+    unit: str | None = None  # a systemd unit
+    pod_uid: str | None = None  # a Kubernetes pod
+
+
+@dataclass(frozen=True)
+class MachineSample:
+    """Every thread's counters and every cgroup holding a task, read at one moment.
+
+    `cgroup_of`: pid -> the cgroup path of the process (the cpu controller's on v1);
+    `groups`: path -> that group's counters; `own_cpu_ns`: the reader's own CPU time."""
+
+    t_ns: int
+    tasks: tuple[TaskCounters, ...]
+    cgroup_of: dict[int, str]
+    comms: dict[int, str]
+    groups: dict[str, CgroupSample]
+    psi: Pressure | None
+    own_cpu_ns: int
+    read_ns: int = 0  # how long the reading took
+    names: dict[str, GroupNames] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupAccount:
+    """One cgroup as the accounting engine keeps it: counters since the engine first saw
+    it (they only go up), the state now, and rates over the last interval.
+
+    `path` is "other" for the groups beyond `--max-cgroups`, summed."""
+
+    path: str
+    container: str | None
+    unit: str | None
+    pod_uid: str | None
+    processes: int
+    # counters (seconds, periods) since first seen
+    usage_s: float | None
+    periods: int
+    throttled_periods: int
+    throttled_s: float
+    throttled_below_limit_periods: int
+    bursts: int | None
+    burst_s: float | None
+    psi_some_s: float | None
+    psi_full_s: float | None
+    run_s: float  # on-CPU time of its tasks (schedstat), exited tasks' included
+    wait_s: float  # their run-queue wait (schedstat), exited tasks' included
+    slices: int
+    # now
+    quota_cpus: float | None
+    quota_from: str | None
+    burst_limit_s: float | None
+    # the last interval
+    cpu_cores: float | None
+    throttled_ratio: float | None  # of its periods
+    psi_some_ratio: float | None
+    psi_full_ratio: float | None
+    wait_per_s: float
+    wait_to_run: float | None
+    wait_per_slice_us: float | None
+    severity: str
+    reason: str  # none | quota | runqueue: why it is starved, if it is
+
+
+@dataclass(frozen=True)
+class AccountingSnapshot:
+    """The engine's state after its latest sample."""
+
+    t_ns: int
+    interval_s: float  # of the last step (0 before a second sample)
+    samples: int
+    cgroups: tuple[CgroupAccount, ...]
+    psi_some_s: float | None  # the machine's, since the engine started
+    psi_some_ratio: float | None  # the machine's, over the last interval
+    own_cpu_s: float  # the engine's own CPU time since it started
+    read_s: float  # the last sample's read time
+    dropped_cgroups: int  # groups summed into "other" by --max-cgroups
+    cpus: int

@@ -66,6 +66,20 @@ def parse_duration(name: str, value: str | float, low: float = 0.5, high: float 
     return seconds
 
 
+def parse_listen(name: str, value: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[v6]:PORT` for IPv6; `:PORT` is every address) to (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{name}: {value!r} is not HOST:PORT (example: 127.0.0.1:9949)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise UsageError(f"{name}: {value!r}: write an IPv6 address in brackets, [::1]:9949")
+    if host and not re.fullmatch(r"[A-Za-z0-9.:%-]{1,253}", host):
+        raise UsageError(f"{name}: {host!r} is not a host name or address")
+    return host or "0.0.0.0", int(port)
+
+
 # --- what to trace ------------------------------------------------------------------------
 
 # docker/podman names: [a-zA-Z0-9][a-zA-Z0-9_.-]+ (moby's RestrictedNameChars); IDs are hex.

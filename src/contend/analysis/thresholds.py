@@ -33,6 +33,10 @@ WAIT_TO_RUN_SEVERE = 2.0
 
 # Share of CFS periods in which the group hit its quota.
 THROTTLED_PERIODS_NOTABLE = 0.25
+# Throttled "below its limit": throttled periods in an interval whose use stayed at or
+# under this share of the quota (kubernetes issue 67577: many threads drain a period's
+# quota in its first milliseconds, so a group using half its quota is still throttled).
+THROTTLED_BELOW_LIMIT_USE = 0.8
 
 # PSI, percent of wall time (from `total` deltas).
 PSI_SYSTEM_SOME_NOTABLE = 40.0

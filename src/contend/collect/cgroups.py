@@ -8,11 +8,11 @@ never assumed: machines run pure cgroup v2 (most today), pure v1, or the hybrid 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from contend.collect.procfs import read_cpu_stat_file, read_pressure_file
-from contend.model import CgroupCpuStat, CgroupSample, Pressure
+from contend.model import CgroupCpuStat, CgroupSample, GroupNames, Pressure
 
 # The v1 controllers contend uses: cpu (CFS bandwidth: cfs_quota_us/cfs_period_us,
 # Documentation/scheduler/sched-bwc.rst) and memory (limit_in_bytes,
@@ -147,16 +147,14 @@ def cpu_stat(group_dirs: dict[str, Path]) -> CgroupCpuStat | None:
         if stat is None:
             return unified
         if unified is not None and stat.usage_ns is None:
-            stat = CgroupCpuStat(
-                stat.nr_periods, stat.nr_throttled, stat.throttled_ns, unified.usage_ns
-            )
+            stat = replace(stat, usage_ns=unified.usage_ns)
     if stat is not None and stat.usage_ns is None and "cpuacct" in group_dirs:
         # Pure v1: usage is cpuacct's (ns, all CPUs), cgroup-v1/cpuacct.rst.
         try:
             usage = int((group_dirs["cpuacct"] / "cpuacct.usage").read_text())
         except (OSError, ValueError):
             return stat
-        stat = CgroupCpuStat(stat.nr_periods, stat.nr_throttled, stat.throttled_ns, usage)
+        stat = replace(stat, usage_ns=usage)
     return stat
 
 
@@ -184,6 +182,25 @@ def container_in_path(path: str) -> str | None:
     """The short (12-digit) id of the container a cgroup path belongs to, if any."""
     m = _CONTAINER_ID.search(path)
     return m.group(1)[:12] if m else None
+
+
+# Kubernetes pods: `pod<uid>` (cgroupfs driver: /kubepods/burstable/pod<uid>/<id>) or
+# `kubepods-<qos>-pod<uid with _ for ->.slice` (systemd driver).
+_POD_UID = re.compile(
+    r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})(?:\.slice)?(?:/|$)"
+)
+_UNIT = re.compile(r"[^/]+\.(?:service|scope|socket|mount|swap|slice)$")
+
+
+def names_in_path(path: str) -> GroupNames:
+    """What a cgroup path says of who runs there: a container, a systemd unit, a pod."""
+    pod = _POD_UID.search(path)
+    unit = _UNIT.search(path)
+    return GroupNames(
+        container=container_in_path(path),
+        unit=unit.group(0) if unit else None,
+        pod_uid=pod.group(1).replace("_", "-") if pod else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -293,9 +310,10 @@ def sample_group(group: TaskGroup, layout: CgroupLayout, t_ns: int) -> CgroupSam
         # there, with this group's own usage.
         limiting = read_cpu_stat_file(root / quota_from.lstrip("/") / "cpu.stat")
         if limiting is not None:
-            stat = CgroupCpuStat(
-                limiting.nr_periods, limiting.nr_throttled, limiting.throttled_ns, stat.usage_ns
-            )
+            stat = replace(limiting, usage_ns=stat.usage_ns)
+    burst = None
+    if cpu_dir is not None:
+        burst = read_burst(root / quota_from.lstrip("/") if quota_from and root else cpu_dir)
     return CgroupSample(
         path=group.path,
         t_ns=t_ns,
@@ -304,4 +322,18 @@ def sample_group(group: TaskGroup, layout: CgroupLayout, t_ns: int) -> CgroupSam
         quota_us=quota,
         period_us=period,
         quota_from=quota_from,
+        burst_us=burst,
     )
+
+
+def read_burst(cpu_dir: Path) -> int | None:
+    """The burst a group may bank, in us (sched-bwc.rst "Burst feature"): v2
+    `cpu.max.burst`, v1 `cpu.cfs_burst_us`; None where the kernel has neither (< 5.14)."""
+    for name in ("cpu.max.burst", "cpu.cfs_burst_us"):
+        try:
+            return int((cpu_dir / name).read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            return None
+    return None

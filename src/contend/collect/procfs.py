@@ -131,11 +131,16 @@ def parse_cpu_stat(text: str) -> CgroupCpuStat:
     else:
         throttled_ns = values.get("throttled_usec", 0) * 1000
     usage_us = values.get("usage_usec")
+    burst_ns = values.get("burst_time")  # v1, ns
+    if burst_ns is None and "burst_usec" in values:
+        burst_ns = values["burst_usec"] * 1000
     return CgroupCpuStat(
         nr_periods=values.get("nr_periods", 0),
         nr_throttled=values.get("nr_throttled", 0),
         throttled_ns=throttled_ns,
         usage_ns=usage_us * 1000 if usage_us is not None else None,
+        nr_bursts=values.get("nr_bursts"),
+        burst_ns=burst_ns,
     )
 
 

@@ -1,0 +1,301 @@
+"""The continuous per-cgroup accounting: machine samples folded into counters that only
+go up, and each cgroup's state over the last interval. `contend exporter` exposes it to
+Prometheus and `contend top` shows it; the verdict per group is `diagnose`'s
+(`severity_of`, the same thresholds).
+
+What a counter means:
+- cpu.stat and cpu.pressure counters: the kernel's, summed as increases from the first
+  sample that saw the group (a group seen for the first time is a baseline: its history
+  before that is not counted, so a long-lived group does not spike when its first
+  process arrives);
+- run-queue wait and on-CPU time: each thread's schedstat increase, added to the group
+  its process was in at that sample. A thread that exits keeps what it had at the last
+  sample (the counter does not drop, as a sum over live threads would); only what it did
+  between that sample and its exit is missed. A thread born between two samples counts
+  from its start.
+
+Groups past `max_cgroups` (in order of first sight) are summed into one `other`, so the
+label set stays bounded; a group keeps its label while it lives, so every counter only
+goes up. A group that vanishes disappears from the next snapshot.
+
+Pure: no kernel access.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contend.analysis import thresholds as th
+from contend.analysis.diagnosis import severity_of
+from contend.model import (
+    AccountingSnapshot,
+    CgroupAccount,
+    CgroupSample,
+    GroupNames,
+    MachineSample,
+    TaskCounters,
+)
+
+OTHER = "other"
+
+
+@dataclass
+class _Totals:
+    usage_ns: int = 0
+    usage_known: bool = False
+    periods: int = 0
+    throttled: int = 0
+    throttled_ns: int = 0
+    below_limit: int = 0
+    bursts: int = 0
+    burst_ns: int = 0
+    bursts_known: bool = False
+    psi_some_us: int = 0
+    psi_full_us: int = 0
+    psi_known: bool = False
+    full_known: bool = False
+    run_ns: int = 0
+    wait_ns: int = 0
+    slices: int = 0
+
+
+@dataclass
+class _Step:
+    """One group's (or `other`'s) increases over the last interval."""
+
+    usage_ns: int | None = None
+    periods: int = 0
+    throttled: int = 0
+    psi_some_us: int | None = None
+    psi_full_us: int | None = None
+    run_ns: int = 0
+    wait_ns: int = 0
+    slices: int = 0
+    processes: int = 0
+
+
+def _inc(cur: int | None, prev: int | None) -> int | None:
+    """The increase of a kernel counter (a reset, i.e. a group made anew: all of it)."""
+    if cur is None or prev is None:
+        return None
+    return cur - prev if cur >= prev else cur
+
+
+def _task_inc(cur: TaskCounters, prev: TaskCounters | None) -> tuple[int, int, int]:
+    if prev is None or prev.pid != cur.pid or cur.on_cpu_ns < prev.on_cpu_ns:
+        return cur.on_cpu_ns, cur.wait_ns, cur.slices  # born since (or the tid reused)
+    return (
+        cur.on_cpu_ns - prev.on_cpu_ns,
+        max(cur.wait_ns - prev.wait_ns, 0),
+        max(cur.slices - prev.slices, 0),
+    )
+
+
+class Accounting:
+    """Feed it MachineSamples in time order (`update`); each returns the snapshot."""
+
+    def __init__(self, max_cgroups: int = 0, cpus: int = 1) -> None:
+        self.max_cgroups = max_cgroups  # 0: no bound
+        self.cpus = cpus
+        self._prev: MachineSample | None = None
+        self._first: MachineSample | None = None
+        self._tasks: dict[int, TaskCounters] = {}
+        self._label: dict[str, str] = {}  # path -> its own path, or OTHER
+        self._totals: dict[str, _Totals] = {}
+        self._psi_some_us = 0
+        self.samples = 0
+
+    def _assign(self, paths: list[str]) -> None:
+        for path in [p for p in self._label if p not in paths]:
+            if self._label.pop(path) != OTHER:
+                self._totals.pop(path, None)
+        named = sum(1 for label in self._label.values() if label != OTHER)
+        for path in sorted(p for p in paths if p not in self._label):
+            if self.max_cgroups and named >= self.max_cgroups:
+                self._label[path] = OTHER
+            else:
+                self._label[path] = path
+                named += 1
+
+    def update(self, sample: MachineSample) -> AccountingSnapshot:
+        prev = self._prev
+        paths = sorted(sample.groups)
+        self._assign(paths)
+        steps: dict[str, _Step] = {}
+        for path in paths:
+            step = steps.setdefault(self._label[path], _Step())
+            before = prev.groups.get(path) if prev is not None else None
+            if before is not None:
+                self._group_step(self._label[path], sample.groups[path], before, step)
+            elif self._label[path] not in self._totals:
+                self._totals[self._label[path]] = _Totals()
+        for pid in sample.cgroup_of:
+            steps[self._label[sample.cgroup_of[pid]]].processes += 1
+        tasks: dict[int, TaskCounters] = {}
+        for t in sample.tasks:
+            tasks[t.tid] = t
+            if prev is None:
+                continue  # the first sample is the baseline
+            run, wait, slices = _task_inc(t, self._tasks.get(t.tid))
+            label = self._label[sample.cgroup_of[t.pid]]
+            step, total = steps[label], self._totals[label]
+            step.run_ns += run
+            step.wait_ns += wait
+            step.slices += slices
+            total.run_ns += run
+            total.wait_ns += wait
+            total.slices += slices
+        self._tasks = tasks
+        if prev is not None and sample.psi is not None and prev.psi is not None:
+            self._psi_some_us += _inc(sample.psi.some_us, prev.psi.some_us) or 0
+        self._first = self._first or sample
+        snapshot = self._snapshot(sample, prev, steps)
+        self._prev = sample
+        self.samples += 1
+        return snapshot
+
+    def _group_step(self, label: str, cur: CgroupSample, before: CgroupSample, step: _Step) -> None:
+        total = self._totals.setdefault(label, _Totals())
+        if cur.cpu is not None and before.cpu is not None:
+            a, b = cur.cpu, before.cpu
+            periods = _inc(a.nr_periods, b.nr_periods) or 0
+            throttled = _inc(a.nr_throttled, b.nr_throttled) or 0
+            usage = _inc(a.usage_ns, b.usage_ns)
+            total.periods += periods
+            total.throttled += throttled
+            total.throttled_ns += _inc(a.throttled_ns, b.throttled_ns) or 0
+            step.periods += periods
+            step.throttled += throttled
+            if usage is not None:
+                total.usage_ns += usage
+                total.usage_known = True
+                step.usage_ns = (step.usage_ns or 0) + usage
+            bursts = _inc(a.nr_bursts, b.nr_bursts)
+            if bursts is not None:
+                total.bursts += bursts
+                total.burst_ns += _inc(a.burst_ns, b.burst_ns) or 0
+                total.bursts_known = True
+            window = cur.t_ns - before.t_ns
+            quota = _quota_cpus(cur)
+            # Throttled although it used well under its quota over the interval: its
+            # threads drained each period's quota early (kubernetes issue 67577).
+            if (
+                throttled
+                and quota
+                and usage is not None
+                and window > 0
+                and usage / window <= th.THROTTLED_BELOW_LIMIT_USE * quota
+            ):
+                total.below_limit += throttled
+        if cur.pressure is not None and before.pressure is not None:
+            some = _inc(cur.pressure.some_us, before.pressure.some_us) or 0
+            total.psi_some_us += some
+            total.psi_known = True
+            step.psi_some_us = (step.psi_some_us or 0) + some
+            full = _inc(cur.pressure.full_us, before.pressure.full_us)
+            if full is not None:
+                total.psi_full_us += full
+                total.full_known = True
+                step.psi_full_us = (step.psi_full_us or 0) + full
+
+    def _snapshot(
+        self, sample: MachineSample, prev: MachineSample | None, steps: dict[str, _Step]
+    ) -> AccountingSnapshot:
+        window = sample.t_ns - prev.t_ns if prev is not None else 0
+        accounts = []
+        members: dict[str, list[str]] = {}
+        for path, label in self._label.items():
+            members.setdefault(label, []).append(path)
+        for label, step in steps.items():
+            total = self._totals.setdefault(label, _Totals())
+            own = sample.groups.get(label) if label != OTHER else None
+            names = sample.names.get(label, GroupNames()) if label != OTHER else GroupNames()
+            accounts.append(_account(label, names, own, total, step, window))
+        accounts.sort(key=lambda a: (-a.wait_per_s, a.path))
+        psi_ratio = None
+        if prev is not None and sample.psi is not None and prev.psi is not None and window:
+            psi_ratio = (_inc(sample.psi.some_us, prev.psi.some_us) or 0) * 1e3 / window
+        first = self._first or sample
+        return AccountingSnapshot(
+            t_ns=sample.t_ns,
+            interval_s=window / 1e9,
+            samples=self.samples + 1,
+            cgroups=tuple(accounts),
+            psi_some_s=self._psi_some_us / 1e6 if sample.psi is not None else None,
+            psi_some_ratio=psi_ratio,
+            own_cpu_s=(sample.own_cpu_ns - first.own_cpu_ns) / 1e9,
+            read_s=sample.read_ns / 1e9,
+            dropped_cgroups=len(members.get(OTHER, ())),
+            cpus=self.cpus,
+        )
+
+
+def _quota_cpus(g: CgroupSample | None) -> float | None:
+    if g is None or not g.quota_us or not g.period_us:
+        return None
+    return g.quota_us / g.period_us
+
+
+def _account(
+    label: str,
+    names: GroupNames,
+    own: CgroupSample | None,
+    total: _Totals,
+    step: _Step,
+    window: int,
+) -> CgroupAccount:
+    ratio = step.wait_ns / step.run_ns if step.run_ns else None
+    if ratio is None and step.wait_ns:
+        ratio = float("inf")
+    per_slice = step.wait_ns / step.slices / 1e3 if step.slices else None
+    severity = severity_of(ratio, per_slice)[1] if window else "none"
+    if window and severity != "none" and step.wait_ns < th.NOTABLE_WAIT_SHARE * window:
+        severity = "mild"  # a kernel thread that waited 0.5 ms for its 0.1 ms of work
+    throttled_ratio = step.throttled / step.periods if step.periods else None
+    starved = severity in ("moderate", "severe")
+    reason = "none"
+    if starved:
+        quota_bound = (throttled_ratio or 0.0) >= th.THROTTLED_PERIODS_NOTABLE
+        reason = "quota" if quota_bound else "runqueue"
+    burst_limit = own.burst_us / 1e6 if own is not None and own.burst_us is not None else None
+    cpu = own.cpu if own is not None else None
+    usage_known = total.usage_known or (cpu is not None and cpu.usage_ns is not None)
+    bursts_known = total.bursts_known or (cpu is not None and cpu.nr_bursts is not None)
+    pressure = own.pressure if own is not None else None
+    psi_known = total.psi_known or pressure is not None
+    full_known = total.full_known or (pressure is not None and pressure.full_us is not None)
+    return CgroupAccount(
+        path=label,
+        container=names.container,
+        unit=names.unit,
+        pod_uid=names.pod_uid,
+        processes=step.processes,
+        usage_s=total.usage_ns / 1e9 if usage_known else None,
+        periods=total.periods,
+        throttled_periods=total.throttled,
+        throttled_s=total.throttled_ns / 1e9,
+        throttled_below_limit_periods=total.below_limit,
+        bursts=total.bursts if bursts_known else None,
+        burst_s=total.burst_ns / 1e9 if bursts_known else None,
+        psi_some_s=total.psi_some_us / 1e6 if psi_known else None,
+        psi_full_s=total.psi_full_us / 1e6 if full_known else None,
+        run_s=total.run_ns / 1e9,
+        wait_s=total.wait_ns / 1e9,
+        slices=total.slices,
+        quota_cpus=_quota_cpus(own),
+        quota_from=own.quota_from if own is not None else None,
+        burst_limit_s=burst_limit,
+        cpu_cores=step.usage_ns / window if step.usage_ns is not None and window else None,
+        throttled_ratio=throttled_ratio,
+        psi_some_ratio=step.psi_some_us * 1e3 / window
+        if step.psi_some_us is not None and window
+        else None,
+        psi_full_ratio=step.psi_full_us * 1e3 / window
+        if step.psi_full_us is not None and window
+        else None,
+        wait_per_s=step.wait_ns / window if window else 0.0,
+        wait_to_run=ratio,
+        wait_per_slice_us=per_slice,
+        severity=severity,
+        reason=reason,
+    )

@@ -1,0 +1,91 @@
+"""One reading of the whole machine for the continuous accounting (`top`, `exporter`):
+every thread's scheduler counters and every cgroup that holds a process.
+
+Unprivileged: /proc/PID/task/TID/schedstat (on-CPU ns, run-queue wait ns, slices;
+Documentation/scheduler/sched-stats.rst), /proc/PID/cgroup, and each group's cpu.stat,
+cpu.pressure and quota files (collect/cgroups.py). Processes of other users are read as
+far as /proc lets; a task that ends while it is read is simply not in the sample.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from contend.collect.cgroups import (
+    CgroupLayout,
+    TaskGroup,
+    names_in_path,
+    sample_group,
+    task_group,
+)
+from contend.collect.procfs import parse_schedstat, read_pressure_file
+from contend.model import CgroupSample, GroupNames, MachineSample, TaskCounters
+
+
+class MachineReader:
+    """Reads a MachineSample; keeps each group's directories between readings (a group's
+    files are found once, not per process per reading)."""
+
+    def __init__(self, layout: CgroupLayout, proc_root: str = "/proc") -> None:
+        self.layout = layout
+        self.proc = Path(proc_root)
+        self._groups: dict[str, TaskGroup] = {}
+        self._names: dict[str, GroupNames] = {}
+
+    def _group_of(self, pid: int) -> TaskGroup | None:
+        group = task_group(pid, self.layout, str(self.proc))
+        if group is None:
+            return None
+        return self._groups.setdefault(group.path, group)
+
+    def read(self) -> MachineSample:
+        start = time.monotonic_ns()
+        tasks: list[TaskCounters] = []
+        cgroup_of: dict[int, str] = {}
+        comms: dict[int, str] = {}
+        for name in os.listdir(self.proc):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            group = self._group_of(pid)
+            if group is None:
+                continue  # gone, or a kernel without cgroups
+            base = self.proc / name
+            try:
+                tids = os.listdir(base / "task")
+                comms[pid] = (base / "comm").read_text().rstrip("\n")
+            except OSError:
+                continue
+            mine = []
+            for tid in tids:
+                try:
+                    run, wait, slices = parse_schedstat(
+                        (base / "task" / tid / "schedstat").read_text()
+                    )
+                except (OSError, ValueError):
+                    continue  # the thread ended, or schedstat is off
+                mine.append(TaskCounters(pid, int(tid), run, wait, slices))
+            if mine:
+                tasks.extend(mine)
+                cgroup_of[pid] = group.path
+        now = time.monotonic_ns()
+        groups: dict[str, CgroupSample] = {}
+        for path in set(cgroup_of.values()):
+            group = self._groups[path]
+            groups[path] = sample_group(group, self.layout, now)
+        # Groups that emptied are forgotten (a new group of that path is found afresh).
+        self._groups = {p: g for p, g in self._groups.items() if p in groups}
+        self._names = {p: self._names.get(p) or names_in_path(p) for p in groups}
+        return MachineSample(
+            t_ns=now,
+            tasks=tuple(tasks),
+            cgroup_of=cgroup_of,
+            comms=comms,
+            groups=groups,
+            psi=read_pressure_file(self.proc / "pressure" / "cpu"),
+            own_cpu_ns=time.process_time_ns(),
+            read_ns=time.monotonic_ns() - start,
+            names=dict(self._names),
+        )
