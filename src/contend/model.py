@@ -1047,6 +1047,20 @@ class TaskCounters:
     slices: int
 
 
+@dataclass(frozen=True)
+class SchedInterval:
+    """What the in-kernel accounting saw between two readings (bpftrace, root): per
+    thread, its run-queue waits that ended (total ns, and counts per log2 bucket keyed
+    by the bucket's low bound in us), and per (waiting thread, holder thread) the ns it
+    waited while that thread held its CPU (holder 0: the CPU was idle; -1: a part of a
+    wait older than the CPU's recent switches, which is not split)."""
+
+    wait_ns: dict[int, int] = field(default_factory=dict)
+    buckets: dict[int, dict[int, int]] = field(default_factory=dict)
+    behind: dict[tuple[int, int], int] = field(default_factory=dict)
+    lost_events: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class GroupNames:
     """Who a cgroup path says runs there (None where it says nothing)."""
@@ -1072,6 +1086,7 @@ class MachineSample:
     own_cpu_ns: int
     read_ns: int = 0  # how long the reading took
     names: dict[str, GroupNames] = field(default_factory=dict)
+    sched: SchedInterval | None = None  # the in-kernel accounting's, with root
 
 
 @dataclass(frozen=True, slots=True)
@@ -1113,6 +1128,14 @@ class CgroupAccount:
     wait_per_slice_us: float | None
     severity: str
     reason: str  # none | quota | runqueue: why it is starved, if it is
+    # With the in-kernel accounting (root): each wait's duration (counts per log2 bucket,
+    # keyed by the bucket's low bound in us), and holder -> seconds waited behind it (a
+    # cgroup's path, "other", "idle", "quota" or "unknown"), since first seen.
+    wait_source: str = "schedstat"  # or "bpftrace"
+    waits: int | None = None
+    wait_buckets: tuple[tuple[int, int], ...] = ()
+    behind: tuple[tuple[str, float], ...] = ()
+    top_holder: str | None = None  # who it waited behind most in the last interval
 
 
 @dataclass(frozen=True)
@@ -1129,3 +1152,6 @@ class AccountingSnapshot:
     read_s: float  # the last sample's read time
     dropped_cgroups: int  # groups summed into "other" by --max-cgroups
     cpus: int
+    backend: str = "procfs"
+    lost_events: int = 0  # since the engine started
+    unnamed_waits_s: float = 0.0  # waits of threads that exited before they were named

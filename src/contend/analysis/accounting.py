@@ -23,7 +23,7 @@ Pure: no kernel access.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from contend.analysis import thresholds as th
 from contend.analysis.diagnosis import severity_of
@@ -37,6 +37,9 @@ from contend.model import (
 )
 
 OTHER = "other"
+IDLE, QUOTA, UNKNOWN, SELF = "idle", "quota", "unknown", "self"
+# Holders named per waiting group (the rest are "other"), beside idle, quota and unknown.
+MAX_HOLDERS = 5
 
 
 @dataclass
@@ -57,6 +60,11 @@ class _Totals:
     run_ns: int = 0
     wait_ns: int = 0
     slices: int = 0
+    sched: bool = False  # waits from the in-kernel accounting
+    sched_wait_ns: int = 0
+    waits: int = 0
+    buckets: dict[int, int] = field(default_factory=dict)
+    behind: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +80,8 @@ class _Step:
     wait_ns: int = 0
     slices: int = 0
     processes: int = 0
+    sched_wait_ns: int = 0
+    behind: dict[str, int] = field(default_factory=dict)
 
 
 def _inc(cur: int | None, prev: int | None) -> int | None:
@@ -103,12 +113,16 @@ class Accounting:
         self._label: dict[str, str] = {}  # path -> its own path, or OTHER
         self._totals: dict[str, _Totals] = {}
         self._psi_some_us = 0
+        self._holders: dict[str, set[str]] = {}  # victim label -> holder labels named
+        self._unnamed_ns = 0
+        self._lost = 0
         self.samples = 0
 
     def _assign(self, paths: list[str]) -> None:
         for path in [p for p in self._label if p not in paths]:
             if self._label.pop(path) != OTHER:
                 self._totals.pop(path, None)
+                self._holders.pop(path, None)
         named = sum(1 for label in self._label.values() if label != OTHER)
         for path in sorted(p for p in paths if p not in self._label):
             if self.max_cgroups and named >= self.max_cgroups:
@@ -146,6 +160,10 @@ class Accounting:
             total.wait_ns += wait
             total.slices += slices
         self._tasks = tasks
+        if sample.sched is not None:
+            self._lost += sample.sched.lost_events
+            if prev is not None:
+                self._sched_step(sample, steps)
         if prev is not None and sample.psi is not None and prev.psi is not None:
             self._psi_some_us += _inc(sample.psi.some_us, prev.psi.some_us) or 0
         self._first = self._first or sample
@@ -153,6 +171,56 @@ class Accounting:
         self._prev = sample
         self.samples += 1
         return snapshot
+
+    def _sched_step(self, sample: MachineSample, steps: dict[str, _Step]) -> None:
+        """The in-kernel waits: each named by its thread's group at this reading."""
+        assert sample.sched is not None
+        pid_of = {t.tid: t.pid for t in sample.tasks}
+
+        def label_of(tid: int) -> str | None:
+            pid = pid_of.get(tid)
+            return self._label[sample.cgroup_of[pid]] if pid is not None else None
+
+        for name in steps:
+            self._totals[name].sched = True
+        for tid, ns in sample.sched.wait_ns.items():
+            victim = label_of(tid)
+            if victim is None:
+                self._unnamed_ns += ns  # it exited before this reading
+                continue
+            total = self._totals[victim]
+            total.sched_wait_ns += ns
+            steps[victim].sched_wait_ns += ns
+            for low, count in sample.sched.buckets.get(tid, {}).items():
+                total.buckets[low] = total.buckets.get(low, 0) + count
+                total.waits += count
+        for (tid, holder_tid), ns in sample.sched.behind.items():
+            waiter = label_of(tid)
+            if waiter is None:
+                continue
+            label = waiter
+            step = steps[label]
+            if holder_tid == 0:
+                # The CPU idle while it waited: its quota's doing when the group was
+                # throttled (diagnose's rule), else wake-up latency.
+                throttled = step.periods and step.throttled / step.periods
+                holder = QUOTA if throttled >= th.IDLE_WAIT_THROTTLING_PERIODS else IDLE
+            elif holder_tid < 0:
+                holder = UNKNOWN
+            else:
+                holder = label_of(holder_tid) or UNKNOWN
+                if holder == label:
+                    holder = SELF  # its own threads (label: the group's own path)
+            if holder not in (IDLE, QUOTA, UNKNOWN, OTHER, SELF):
+                named = self._holders.setdefault(label, set())
+                if holder not in named:
+                    if len(named) >= MAX_HOLDERS:
+                        holder = OTHER
+                    else:
+                        named.add(holder)
+            total = self._totals[label]
+            total.behind[holder] = total.behind.get(holder, 0) + ns
+            step.behind[holder] = step.behind.get(holder, 0) + ns
 
     def _group_step(self, label: str, cur: CgroupSample, before: CgroupSample, step: _Step) -> None:
         total = self._totals.setdefault(label, _Totals())
@@ -227,6 +295,9 @@ class Accounting:
             read_s=sample.read_ns / 1e9,
             dropped_cgroups=len(members.get(OTHER, ())),
             cpus=self.cpus,
+            backend="bpftrace" if sample.sched is not None else "procfs",
+            lost_events=self._lost,
+            unnamed_waits_s=self._unnamed_ns / 1e9,
         )
 
 
@@ -244,12 +315,14 @@ def _account(
     step: _Step,
     window: int,
 ) -> CgroupAccount:
-    ratio = step.wait_ns / step.run_ns if step.run_ns else None
-    if ratio is None and step.wait_ns:
+    # The in-kernel waits where they are counted (exact), else schedstat's.
+    waited = step.sched_wait_ns if total.sched else step.wait_ns
+    ratio = waited / step.run_ns if step.run_ns else None
+    if ratio is None and waited:
         ratio = float("inf")
-    per_slice = step.wait_ns / step.slices / 1e3 if step.slices else None
+    per_slice = waited / step.slices / 1e3 if step.slices else None
     severity = severity_of(ratio, per_slice)[1] if window else "none"
-    if window and severity != "none" and step.wait_ns < th.NOTABLE_WAIT_SHARE * window:
+    if window and severity != "none" and waited < th.NOTABLE_WAIT_SHARE * window:
         severity = "mild"  # a kernel thread that waited 0.5 ms for its 0.1 ms of work
     throttled_ratio = step.throttled / step.periods if step.periods else None
     starved = severity in ("moderate", "severe")
@@ -280,7 +353,7 @@ def _account(
         psi_some_s=total.psi_some_us / 1e6 if psi_known else None,
         psi_full_s=total.psi_full_us / 1e6 if full_known else None,
         run_s=total.run_ns / 1e9,
-        wait_s=total.wait_ns / 1e9,
+        wait_s=(total.sched_wait_ns if total.sched else total.wait_ns) / 1e9,
         slices=total.slices,
         quota_cpus=_quota_cpus(own),
         quota_from=own.quota_from if own is not None else None,
@@ -293,9 +366,16 @@ def _account(
         psi_full_ratio=step.psi_full_us * 1e3 / window
         if step.psi_full_us is not None and window
         else None,
-        wait_per_s=step.wait_ns / window if window else 0.0,
+        wait_per_s=waited / window if window else 0.0,
         wait_to_run=ratio,
         wait_per_slice_us=per_slice,
         severity=severity,
         reason=reason,
+        wait_source="bpftrace" if total.sched else "schedstat",
+        waits=total.waits if total.sched else None,
+        wait_buckets=tuple(sorted(total.buckets.items())),
+        behind=tuple(
+            sorted(((h, ns / 1e9) for h, ns in total.behind.items()), key=lambda x: -x[1])
+        ),
+        top_holder=max(step.behind, key=lambda h: step.behind[h]) if step.behind else None,
     )

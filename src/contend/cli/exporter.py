@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -12,24 +13,32 @@ from typing import Any
 import click
 
 from contend.analysis.accounting import Accounting
+from contend.collect import bpftrace as bt
 from contend.collect.accounting import MachineReader
 from contend.collect.cgroups import detect_layout
+from contend.collect.sched_accounting import SchedAccounting
 from contend.errors import ContendError, Terminated, UsageError
 from contend.model import AccountingSnapshot
 from contend.monitors.accounting import Engine
 from contend.render.prometheus import ExporterStats, exposition
 from contend.target import parse_duration, parse_listen, parse_positive_int
 
-BACKENDS = ("auto", "procfs")
+BACKENDS = ("auto", "bpftrace", "procfs")
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], engine: Engine[AccountingSnapshot]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        engine: Engine[AccountingSnapshot],
+        sched: SchedAccounting | None,
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.engine = engine
+        self.sched = sched
         self.lock = threading.Lock()
         self.scrapes = 0
         self.last_scrape_s = 0.0
@@ -93,7 +102,8 @@ class _Handler(BaseHTTPRequestHandler):
 @click.option("--interval", default="1", show_default=True, help="Seconds between readings.")
 @click.option("--max-cgroups", default="500", show_default=True,
               help="Groups named in labels; the rest are summed as cgroup=\"other\".")  # fmt: skip
-@click.option("--backend", default="auto", show_default=True, help="auto or procfs.")
+@click.option("--backend", default="auto", show_default=True,
+              help="auto (bpftrace as root, else procfs), bpftrace or procfs.")  # fmt: skip
 def command(listen: str, interval: str, max_cgroups: str, backend: str) -> int:
     """Serve every cgroup's CPU accounting to Prometheus: use, quota, throttling, PSI,
     run-queue wait and the starved verdict, read every --interval seconds."""
@@ -102,30 +112,52 @@ def command(listen: str, interval: str, max_cgroups: str, backend: str) -> int:
     limit = parse_positive_int("--max-cgroups", max_cgroups, 1, 100_000)
     if backend not in BACKENDS:
         raise UsageError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    reader = MachineReader(detect_layout())
+    chosen, why = backend, ""
+    if backend != "procfs":
+        ok, why = bt.available()
+        if not ok and backend == "bpftrace":
+            raise ContendError(f"--backend bpftrace: {why}")
+        chosen = "bpftrace" if ok else "procfs"
+    sched = SchedAccounting(seconds) if chosen == "bpftrace" else None
+    reader = MachineReader(detect_layout(), sched=sched)
     accounting = Accounting(max_cgroups=limit, cpus=os.cpu_count() or 1)
     engine: Engine[AccountingSnapshot] = Engine(reader.read, accounting.update, seconds)
     try:
-        server = _Server((host, port), engine)
+        server = _Server((host, port), engine, sched)
     except OSError as e:
         raise ContendError(f"--listen {listen}: {e.strerror or e}") from None
-    engine.step()  # the baseline: /metrics answers from the start
-    engine.start()
-    serving = threading.Thread(target=server.serve_forever, name="contend-http", daemon=True)
-    serving.start()
-    shown = f"[{host}]" if ":" in host else host
-    click.echo(
-        f"contend exporter: http://{shown}:{server.server_address[1]}/metrics "
-        f"(procfs, every {seconds:g} s, at most {limit} cgroups named)",
-        err=True,
-    )
+    serving: threading.Thread | None = None
     try:
+        if sched is not None:
+            sched.start()
+        engine.step()  # the baseline: /metrics answers from the start
+        engine.start()
+        serving = threading.Thread(target=server.serve_forever, name="contend-http", daemon=True)
+        serving.start()
+        shown = f"[{host}]" if ":" in host else host
+        fallback = (
+            f" (auto -> procfs: {why}; who waited behind whom needs it)"
+            if why and chosen == "procfs" and backend == "auto"
+            else ""
+        )
+        click.echo(
+            f"contend exporter: http://{shown}:{server.server_address[1]}/metrics "
+            f"({chosen}{fallback}, every {seconds:g} s, at most {limit} cgroups named)",
+            err=True,
+        )
         while True:
             time.sleep(3600)
     except (KeyboardInterrupt, Terminated):
         click.echo("contend exporter: stopped", err=True)
     finally:
-        server.shutdown()
+        # A second SIGTERM (timeout(1) signals the child and then its process group) or
+        # Ctrl-C must not cut the clean stop short: bpftrace must end too.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        if serving is not None:
+            server.shutdown()
         server.server_close()
         engine.stop()
+        if sched is not None:
+            sched.stop()
     return 0

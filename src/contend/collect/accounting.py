@@ -21,6 +21,7 @@ from contend.collect.cgroups import (
     task_group,
 )
 from contend.collect.procfs import parse_schedstat, read_pressure_file
+from contend.collect.sched_accounting import SchedAccounting
 from contend.model import CgroupSample, GroupNames, MachineSample, TaskCounters
 
 
@@ -28,8 +29,15 @@ class MachineReader:
     """Reads a MachineSample; keeps each group's directories between readings (a group's
     files are found once, not per process per reading)."""
 
-    def __init__(self, layout: CgroupLayout, proc_root: str = "/proc") -> None:
+    def __init__(
+        self,
+        layout: CgroupLayout,
+        proc_root: str = "/proc",
+        sched: SchedAccounting | None = None,
+    ) -> None:
+        """`sched`: the in-kernel accounting (root), drained at each reading."""
         self.layout = layout
+        self.sched = sched
         self.proc = Path(proc_root)
         self._groups: dict[str, TaskGroup] = {}
         self._names: dict[str, GroupNames] = {}
@@ -42,6 +50,9 @@ class MachineReader:
 
     def read(self) -> MachineSample:
         start = time.monotonic_ns()
+        # First what the kernel counted, then /proc: every thread in it is still alive
+        # at this reading, or has exited (and is counted as unnamed).
+        sched = self.sched.drain() if self.sched is not None else None
         tasks: list[TaskCounters] = []
         cgroup_of: dict[int, str] = {}
         comms: dict[int, str] = {}
@@ -85,7 +96,12 @@ class MachineReader:
             comms=comms,
             groups=groups,
             psi=read_pressure_file(self.proc / "pressure" / "cpu"),
-            own_cpu_ns=time.process_time_ns(),
+            own_cpu_ns=time.process_time_ns() + self._tracer_cpu_ns(),
             read_ns=time.monotonic_ns() - start,
             names=dict(self._names),
+            sched=sched,
         )
+
+    def _tracer_cpu_ns(self) -> int:
+        seconds = self.sched.cpu_seconds() if self.sched is not None else None
+        return int(seconds * 1e9) if seconds is not None else 0

@@ -206,10 +206,13 @@ class Bpftrace:
         start_timeout_s: float = 60.0,
         buffer_pages: int | None = None,
         on_record: Callable[[str, dict[str, Any]], None] | None = None,
+        map_keys: int | None = None,
     ) -> None:
         """`program`: a Program, or finished text that prints READY from BEGIN.
-        `on_record(kind, data)` sees every map, hist and stats record in output order."""
+        `on_record(kind, data)` sees every map, hist and stats record in output order.
+        `map_keys`: entries per map (bpftrace's default is 4096)."""
         self.program = program
+        self.map_keys = map_keys
         self.on_record = on_record
         self.buffer_pages = buffer_pages
         self.on_printf = on_printf
@@ -233,6 +236,8 @@ class Bpftrace:
             cmd = ["bpftrace", "-f", "json", "-e", self.program.text()]
             cmd += self.program.predicate.positional
         env = dict(os.environ, BPFTRACE_STRLEN=STRLEN)
+        if self.map_keys is not None:
+            env["BPFTRACE_MAP_KEYS_MAX"] = str(int(self.map_keys))
         if self.buffer_pages is not None:
             # Pages per CPU of the perf ring buffer that carries printf events (default 64).
             env["BPFTRACE_PERF_RB_PAGES"] = str(int(self.buffer_pages))

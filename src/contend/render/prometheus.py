@@ -14,7 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
@@ -24,6 +29,7 @@ TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 LABELS = ["cgroup", "container", "unit", "pod_uid"]
+WAIT_BUCKETS = 25  # le = 1 us .. 2^24 us (16.8 s), then +Inf
 REASONS = ("quota", "runqueue")
 
 
@@ -34,8 +40,6 @@ class ExporterStats:
     scrapes: int
     last_scrape_s: float
     read_errors: int
-    lost_events: int = 0
-    backend: str = "procfs"
 
 
 def _labels(c: CgroupAccount) -> list[str]:
@@ -118,10 +122,42 @@ def _families(snap: AccountingSnapshot, stats: ExporterStats) -> Iterator[Metric
     )
     yield counter(
         "contend_cgroup_runqueue_wait_seconds",
-        "Time the group's threads waited on a run queue (schedstat run_delay); threads "
-        "that exited keep what they had at the last reading.",
+        "Time the group's threads waited on a run queue: in-kernel with root (every wait "
+        "that ended), else schedstat run_delay (threads that exited keep what they had at "
+        "the last reading).",
         [(c, c.wait_s) for c in groups],
     )
+    hist = HistogramMetricFamily(
+        "contend_cgroup_runqueue_wait_duration_seconds",
+        "Each run-queue wait of the group's threads (in-kernel, root): log2 buckets from "
+        "1 us. (Not _wait_seconds: that name is the counter's family in OpenMetrics.)",
+        labels=LABELS,
+    )
+    for c in groups:
+        if c.waits is None:
+            continue
+        counts = dict(c.wait_buckets)
+        cumulative, buckets = 0, []
+        for k in range(WAIT_BUCKETS):
+            # bpftrace's log2 bucket [2^(k-1), 2^k) us; waits under 1 us are bucket 0.
+            cumulative += counts.get(0, 0) if k == 0 else counts.get(1 << (k - 1), 0)
+            buckets.append((f"{(1 << k) / 1e6:g}", cumulative))
+        buckets.append(("+Inf", c.waits))
+        hist.add_metric(_labels(c), buckets, c.wait_s)
+    yield hist
+    behind = CounterMetricFamily(
+        "contend_cgroup_waited_behind_seconds",
+        "Time the group's threads waited while a task of cgroup `holder` held their CPU "
+        "(in-kernel, root). holder=self: its own threads; quota: the CPU idle while the group was throttled; "
+        "idle: idle otherwise (wake-up latency); unknown: the holder exited before it was "
+        "named, or the wait was older than its CPU's last 8 switches; other: holders past "
+        "the top 5 of the group.",
+        labels=[*LABELS, "holder"],
+    )
+    for c in groups:
+        for holder, seconds in c.behind:
+            behind.add_metric([*_labels(c), holder], seconds)
+    yield behind
     yield counter(
         "contend_cgroup_run_seconds",
         "On-CPU time of the group's threads (schedstat), the denominator of wait/run.",
@@ -148,6 +184,12 @@ def _families(snap: AccountingSnapshot, stats: ExporterStats) -> Iterator[Metric
         "Processes in the group at the last reading.",
         [(c, c.processes) for c in groups],
     )
+    unnamed = CounterMetricFamily(
+        "contend_exporter_unnamed_wait_seconds",
+        "Run-queue waits of threads that exited before /proc named their cgroup.",
+    )
+    unnamed.add_metric([], snap.unnamed_waits_s)
+    yield unnamed
     if snap.psi_some_s is not None:
         m = CounterMetricFamily(
             "contend_pressure_cpu_some_seconds",
@@ -171,7 +213,7 @@ def _families(snap: AccountingSnapshot, stats: ExporterStats) -> Iterator[Metric
     for name, doc, count in (
         ("contend_exporter_scrapes", "Scrapes answered.", stats.scrapes),
         ("contend_exporter_read_errors", "Readings of the machine that failed (skipped).", stats.read_errors),
-        ("contend_exporter_lost_events", "Scheduler events the kernel dropped.", stats.lost_events),
+        ("contend_exporter_lost_events", "Scheduler events the kernel dropped.", snap.lost_events),
         ("contend_exporter_samples", "Readings of the machine folded.", snap.samples),
     ):  # fmt: skip
         total = CounterMetricFamily(name, doc)
@@ -180,7 +222,7 @@ def _families(snap: AccountingSnapshot, stats: ExporterStats) -> Iterator[Metric
     info = GaugeMetricFamily(
         "contend_exporter_info", "The exporter's backend and interval.", labels=["backend"]
     )
-    info.add_metric([stats.backend], 1.0)
+    info.add_metric([snap.backend], 1.0)
     yield info
 
 
