@@ -663,3 +663,62 @@ def test_a_real_prometheus_sees_the_quota_the_starved_victim_and_a_restart(
     assert rate is not None
     assert 0.5 * (12 - gap - 2) / 12 * 0.85 <= rate <= 0.5 * 1.15, (rate, gap)
     assert after is not None and after == pytest.approx(0.5, abs=0.1)
+
+
+def _exposed_names() -> set[str]:
+    """Every sample name the exporter can write (a snapshot with the in-kernel waits)."""
+    acc = Accounting()
+    where = {1: "/a"}
+    tasks = [TaskCounters(1, 1, 0, 0, 0)]
+    acc.update(
+        replace(_sample(0, tasks, [_group("/a", 0, 0, quota=50_000)], where), sched=SchedInterval())
+    )
+    sched = SchedInterval(wait_ns={1: 5}, buckets={1: {4: 1}}, behind={(1, 0): 5})
+    cpu = CgroupCpuStat(10, 5, 5000, 10, nr_bursts=0, burst_ns=0)
+    group = replace(_group("/a", S, 10, 10, 5, quota=50_000), cpu=cpu, burst_us=0)
+    snap = acc.update(replace(_sample(S, tasks, [group], where), sched=sched))
+    body = exposition(snap, ExporterStats(0, 0.0, 0))[0].decode()
+    return {s.name for f in text_string_to_metric_families(body) for s in f.samples}
+
+
+def test_the_dashboard_and_rules_use_only_what_the_exporter_writes(tmp_path: Path) -> None:
+    import re
+
+    import yaml
+
+    need(shutil.which("promtool") is not None, "needs promtool (Debian's prometheus)")
+    rules = yaml.safe_load((RULES / "rules.yml").read_text())["groups"][0]["rules"]
+    recorded = {r["record"] for r in rules if "record" in r}
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [r["expr"] for r in rules]
+    known = _exposed_names() | recorded
+    for expr in exprs:
+        for name in re.findall(r"\b((?:contend_|cgroup:|cgroup_holder:)[a-z0-9_:]+)", expr):
+            assert name in known, (name, expr)
+    # Each expression parses as PromQL (promtool checks a rules file of them).
+    check = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:expr{i}", "expr": e.replace("$instance", ".*")} for i, e in enumerate(exprs)
+    ]}]}  # fmt: skip
+    (tmp_path / "exprs.yml").write_text(yaml.safe_dump(check))
+    done = subprocess.run(["promtool", "check", "rules", str(tmp_path / "exprs.yml")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_daemonset_gives_the_exporter_what_it_reads() -> None:
+    import yaml
+
+    docs = list(yaml.safe_load_all((REPO / "deploy" / "kubernetes" / "daemonset.yaml").read_text()))
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    spec = ds["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert spec["hostPID"] is True  # every process's /proc
+    assert c["command"] == ["contend"] and c["args"][0] == "exporter"
+    assert "--listen=0.0.0.0:9949" in c["args"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"BPF", "PERFMON"} <= set(c["securityContext"]["capabilities"]["add"])
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert {"/sys/fs/cgroup", "/sys/kernel/tracing", "/sys/kernel/btf"} <= mounts
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+    assert ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9949"

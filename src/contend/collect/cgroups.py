@@ -217,11 +217,16 @@ def task_group(pid: int, layout: CgroupLayout, proc_root: str = "/proc") -> Task
     (Documentation/admin-guide/cgroup-v2.rst "Processes"; cgroup-v1/cgroups.rst).
     None when the task is gone."""
     try:
-        lines = Path(proc_root, str(pid), "cgroup").read_text().splitlines()
+        text = Path(proc_root, str(pid), "cgroup").read_text()
     except OSError:
         return None
+    return group_of_cgroup_file(text, layout)
+
+
+def group_of_cgroup_file(text: str, layout: CgroupLayout) -> TaskGroup | None:
+    """The TaskGroup a /proc/PID/cgroup text names (None: no hierarchy contend reads)."""
     v1_cpu = v1_cpuacct = unified = None
-    for line in lines:
+    for line in text.splitlines():
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         if hierarchy == "0" and not controllers:
