@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -156,6 +157,47 @@ def saved_images(images: list[str]) -> Path | None:
     return archive
 
 
+# The guest's own words for a CPU that made no progress (kernel/watchdog.c, kernel/rcu):
+# under TCG the emulated CPUs have locked up this way twice in ~10 runs, inside bpftrace's
+# attach. That is the emulator's failure, not a test's: the VM is booted once more.
+LOCKUP = re.compile(
+    rb"soft lockup - CPU#\d+ stuck|rcu_\w+ (?:self-)?detected stall|detected stalls on CPUs"
+)
+
+
+def _boot(argv: list[str], timeout: float) -> str | None:
+    """Run the VM, its console echoed; None when it powered off, else why it was stopped
+    ("timeout", "interrupted", or the lockup line)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    found: list[str] = []
+
+    def watch() -> None:
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, b""):
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+            if not found and LOCKUP.search(line):
+                found.append(line.decode(errors="replace").strip())
+                proc.kill()
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=max(timeout, 1))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        print("vmtest: the VM ran past its time and was stopped", file=sys.stderr)
+        return "timeout"
+    except KeyboardInterrupt:
+        proc.kill()
+        proc.wait()
+        return "interrupted"
+    reader.join(timeout=10)
+    return found[0] if found else None
+
+
 def run(command: list[str], cpus: int, memory: str, timeout: float, images: list[str]) -> int:
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
@@ -187,18 +229,18 @@ def run(command: list[str], cpus: int, memory: str, timeout: float, images: list
             "-virtfs", f"local,path={out},mount_tag=out,security_model=none",
         ]  # fmt: skip
         started = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            print(f"vmtest: the VM ran past {timeout:.0f} s and was stopped", file=sys.stderr)
-            return 124
-        except KeyboardInterrupt:
-            proc.kill()
-            proc.wait()
-            return 130
+        for attempt in (1, 2):
+            stuck = _boot(argv, timeout - (time.monotonic() - started))
+            if stuck is None:
+                break
+            if stuck in ("timeout", "interrupted"):
+                return 124 if stuck == "timeout" else 130
+            print(f"vmtest: the guest kernel locked up ({stuck}): not a test's result",
+                  file=sys.stderr)  # fmt: skip
+            if attempt == 2 or time.monotonic() - started > timeout / 2:
+                return 1
+            print("vmtest: booting the VM again (second and last attempt)", file=sys.stderr)
+            (Path(out) / "rc").unlink(missing_ok=True)
         rc_file = Path(out) / "rc"
         took = time.monotonic() - started
         if not rc_file.exists():
