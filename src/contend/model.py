@@ -1068,6 +1068,7 @@ class GroupNames:
     container: str | None = None  # the short id
     unit: str | None = None  # a systemd unit
     pod_uid: str | None = None  # a Kubernetes pod
+    container_name: str | None = None  # where an engine on the machine knows the id
 
 
 @dataclass(frozen=True)
@@ -1131,6 +1132,7 @@ class CgroupAccount:
     # With the in-kernel accounting (root): each wait's duration (counts per log2 bucket,
     # keyed by the bucket's low bound in us), and holder -> seconds waited behind it (a
     # cgroup's path, "other", "idle", "quota" or "unknown"), since first seen.
+    container_name: str | None = None
     wait_source: str = "schedstat"  # or "bpftrace"
     waits: int | None = None
     wait_buckets: tuple[tuple[int, int], ...] = ()
@@ -1155,3 +1157,18 @@ class AccountingSnapshot:
     backend: str = "procfs"
     lost_events: int = 0  # since the engine started
     unnamed_waits_s: float = 0.0  # waits of threads that exited before they were named
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """A process (or a thread) over the last interval, for `top`'s drill-down."""
+
+    id: int  # pid, or tid
+    comm: str
+    cgroup: str
+    threads: int
+    cpu_cores: float
+    wait_per_s: float
+    wait_to_run: float | None
+    severity: str
+    top_holder: str | None  # "comm (PID n)", "idle", "unknown"; None without root

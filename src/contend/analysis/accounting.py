@@ -34,6 +34,7 @@ from contend.model import (
     GroupNames,
     MachineSample,
     TaskCounters,
+    TaskRow,
 )
 
 OTHER = "other"
@@ -200,13 +201,17 @@ class Accounting:
                 continue
             label = waiter
             step = steps[label]
+            throttled = (step.throttled / step.periods if step.periods else 0.0) >= (
+                th.IDLE_WAIT_THROTTLING_PERIODS
+            )
             if holder_tid == 0:
                 # The CPU idle while it waited: its quota's doing when the group was
                 # throttled (diagnose's rule), else wake-up latency.
-                throttled = step.periods and step.throttled / step.periods
-                holder = QUOTA if throttled >= th.IDLE_WAIT_THROTTLING_PERIODS else IDLE
+                holder = QUOTA if throttled else IDLE
             elif holder_tid < 0:
-                holder = UNKNOWN
+                # Older than its CPU's last switches: a throttled group's waits are that
+                # long (a period's rest, 10-100 ms) while the CPU serves others meanwhile.
+                holder = QUOTA if throttled else UNKNOWN
             else:
                 holder = label_of(holder_tid) or UNKNOWN
                 if holder == label:
@@ -342,6 +347,7 @@ def _account(
         container=names.container,
         unit=names.unit,
         pod_uid=names.pod_uid,
+        container_name=names.container_name,
         processes=step.processes,
         usage_s=total.usage_ns / 1e9 if usage_known else None,
         periods=total.periods,
@@ -379,3 +385,74 @@ def _account(
         ),
         top_holder=max(step.behind, key=lambda h: step.behind[h]) if step.behind else None,
     )
+
+
+def task_rows(
+    prev: MachineSample, cur: MachineSample, cgroup: str | None = None, pid: int | None = None
+) -> tuple[TaskRow, ...]:
+    """The processes of `cgroup` (or every process), or the threads of `pid`, over the
+    interval between two readings: CPU, run-queue wait, the verdict, who held their CPU
+    most (in-kernel only)."""
+    window = cur.t_ns - prev.t_ns
+    if window <= 0:
+        return ()
+    before = {t.tid: t for t in prev.tasks}
+    run: dict[int, int] = {}
+    wait: dict[int, int] = {}
+    slices: dict[int, int] = {}
+    count: dict[int, int] = {}
+    owner: dict[int, int] = {}
+    for t in cur.tasks:
+        if pid is not None and t.pid != pid:
+            continue
+        if pid is None and cgroup is not None and cur.cgroup_of.get(t.pid) != cgroup:
+            continue
+        key = t.tid if pid is not None else t.pid
+        owner[t.tid] = key
+        r, w, s = _task_inc(t, before.get(t.tid))
+        if cur.sched is not None:
+            w = cur.sched.wait_ns.get(t.tid, 0)
+        run[key] = run.get(key, 0) + r
+        wait[key] = wait.get(key, 0) + w
+        slices[key] = slices.get(key, 0) + s
+        count[key] = count.get(key, 0) + 1
+    holders: dict[int, dict[str, int]] = {}
+    if cur.sched is not None:
+        pid_of = {t.tid: t.pid for t in cur.tasks}
+        for (tid, holder), ns in cur.sched.behind.items():
+            waiter = owner.get(tid)
+            if waiter is None:
+                continue
+            if holder == 0:
+                name = IDLE
+            elif holder < 0 or holder not in pid_of:
+                name = UNKNOWN
+            else:
+                hp = pid_of[holder]
+                name = f"{cur.comms.get(hp, '?')} (PID {hp})"
+            mine = holders.setdefault(waiter, {})
+            mine[name] = mine.get(name, 0) + ns
+    rows = []
+    for key in run:
+        ratio = wait[key] / run[key] if run[key] else (float("inf") if wait[key] else None)
+        per_slice = wait[key] / slices[key] / 1e3 if slices[key] else None
+        severity = severity_of(ratio, per_slice)[1]
+        if severity != "none" and wait[key] < th.NOTABLE_WAIT_SHARE * window:
+            severity = "mild"
+        mine = holders.get(key, {})
+        owner_pid = pid if pid is not None else key
+        rows.append(
+            TaskRow(
+                id=key,
+                comm=cur.comms.get(owner_pid, "?"),
+                cgroup=cur.cgroup_of.get(owner_pid, ""),
+                threads=count[key],
+                cpu_cores=run[key] / window,
+                wait_per_s=wait[key] / window,
+                wait_to_run=ratio,
+                severity=severity,
+                top_holder=max(mine, key=lambda h: mine[h]) if mine else None,
+            )
+        )
+    rows.sort(key=lambda r: (-r.wait_per_s, r.id))
+    return tuple(rows)

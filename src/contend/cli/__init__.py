@@ -14,7 +14,18 @@ import types
 import click
 
 from contend import __version__
-from contend.cli import compare, diagnose, doctor, dtrace, exporter, image, lab, session, trace
+from contend.cli import (
+    compare,
+    diagnose,
+    doctor,
+    dtrace,
+    exporter,
+    image,
+    lab,
+    session,
+    top,
+    trace,
+)
 from contend.errors import (
     EXIT_ERROR,
     EXIT_SIGINT,
@@ -41,6 +52,7 @@ cli.add_command(image.command)
 cli.add_command(session.record)
 cli.add_command(session.report)
 cli.add_command(exporter.command)
+cli.add_command(top.command)
 
 
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:

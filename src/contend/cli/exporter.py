@@ -16,6 +16,7 @@ from contend.analysis.accounting import Accounting
 from contend.collect import bpftrace as bt
 from contend.collect.accounting import MachineReader
 from contend.collect.cgroups import detect_layout
+from contend.collect.containers import ContainerNames
 from contend.collect.sched_accounting import SchedAccounting
 from contend.errors import ContendError, Terminated, UsageError
 from contend.model import AccountingSnapshot
@@ -119,7 +120,7 @@ def command(listen: str, interval: str, max_cgroups: str, backend: str) -> int:
             raise ContendError(f"--backend bpftrace: {why}")
         chosen = "bpftrace" if ok else "procfs"
     sched = SchedAccounting(seconds) if chosen == "bpftrace" else None
-    reader = MachineReader(detect_layout(), sched=sched)
+    reader = MachineReader(detect_layout(), sched=sched, containers=ContainerNames())
     accounting = Accounting(max_cgroups=limit, cpus=os.cpu_count() or 1)
     engine: Engine[AccountingSnapshot] = Engine(reader.read, accounting.update, seconds)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from contend.collect.cgroups import (
@@ -20,6 +21,7 @@ from contend.collect.cgroups import (
     names_in_path,
     sample_group,
 )
+from contend.collect.containers import ContainerNames
 from contend.collect.procfs import parse_schedstat, read_pressure_file
 from contend.collect.sched_accounting import SchedAccounting
 from contend.model import CgroupSample, GroupNames, MachineSample, TaskCounters
@@ -43,10 +45,13 @@ class MachineReader:
         layout: CgroupLayout,
         proc_root: str = "/proc",
         sched: SchedAccounting | None = None,
+        containers: ContainerNames | None = None,
     ) -> None:
-        """`sched`: the in-kernel accounting (root), drained at each reading."""
+        """`sched`: the in-kernel accounting (root), drained at each reading;
+        `containers`: names for the container ids in cgroup paths."""
         self.layout = layout
         self.sched = sched
+        self.containers = containers
         self.proc = Path(proc_root)
         self._groups: dict[str, TaskGroup] = {}
         self._names: dict[str, GroupNames] = {}
@@ -102,7 +107,7 @@ class MachineReader:
             groups[path] = sample_group(group, self.layout, now)
         # Groups that emptied are forgotten (a new group of that path is found afresh).
         self._groups = {p: g for p, g in self._groups.items() if p in groups}
-        self._names = {p: self._names.get(p) or names_in_path(p) for p in groups}
+        self._names = {p: self._names.get(p) or self._name(p) for p in groups}
         return MachineSample(
             t_ns=now,
             tasks=tuple(tasks),
@@ -115,6 +120,12 @@ class MachineReader:
             names=dict(self._names),
             sched=sched,
         )
+
+    def _name(self, path: str) -> GroupNames:
+        names = names_in_path(path)
+        if names.container is not None and self.containers is not None:
+            names = replace(names, container_name=self.containers.name_of(names.container))
+        return names
 
     def _tracer_cpu_ns(self) -> int:
         seconds = self.sched.cpu_seconds() if self.sched is not None else None

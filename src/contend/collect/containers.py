@@ -91,3 +91,33 @@ def cgroup_dirs(pid: int) -> dict[str, Path]:
             if controller in controllers.split(",") and controller in layout.v1_roots:
                 dirs[controller] = layout.v1_roots[controller] / path.lstrip("/")
     return {key: d for key, d in dirs.items() if d.is_dir()}
+
+
+class ContainerNames:
+    """Container id -> name, from whichever engines answer (asked once each, on first
+    sight of an id; an id no engine knows stays unnamed). The exporter and top name
+    cgroups with it."""
+
+    def __init__(self, timeout_s: float = 5.0) -> None:
+        self.timeout_s = timeout_s
+        self._engines: list[engines.Engine] | None = None
+        self._names: dict[str, str | None] = {}
+
+    def name_of(self, short_id: str) -> str | None:
+        if short_id in self._names:
+            return self._names[short_id]
+        if self._engines is None:
+            found = (engines.probe(e, self.timeout_s)[0] for e in engines.ENGINES)
+            self._engines = [e for e in found if e is not None]
+        name = None
+        for engine in self._engines:
+            try:
+                done = engine.run(["inspect", "--format", "{{.Name}}", short_id],
+                                  timeout_s=self.timeout_s, check=False)  # fmt: skip
+            except ContendError:
+                continue
+            if done.returncode == 0 and done.stdout.strip():
+                name = done.stdout.strip().lstrip("/")  # docker writes "/name"
+                break
+        self._names[short_id] = name
+        return name

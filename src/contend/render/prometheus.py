@@ -28,7 +28,7 @@ from contend.model import AccountingSnapshot, CgroupAccount
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
-LABELS = ["cgroup", "container", "unit", "pod_uid"]
+LABELS = ["cgroup", "container", "container_name", "unit", "pod_uid"]
 WAIT_BUCKETS = 25  # le = 1 us .. 2^24 us (16.8 s), then +Inf
 REASONS = ("quota", "runqueue")
 
@@ -43,7 +43,7 @@ class ExporterStats:
 
 
 def _labels(c: CgroupAccount) -> list[str]:
-    return [c.path, c.container or "", c.unit or "", c.pod_uid or ""]
+    return [c.path, c.container or "", c.container_name or "", c.unit or "", c.pod_uid or ""]
 
 
 def _families(snap: AccountingSnapshot, stats: ExporterStats) -> Iterator[Metric]:
@@ -148,10 +148,11 @@ def _families(snap: AccountingSnapshot, stats: ExporterStats) -> Iterator[Metric
     behind = CounterMetricFamily(
         "contend_cgroup_waited_behind_seconds",
         "Time the group's threads waited while a task of cgroup `holder` held their CPU "
-        "(in-kernel, root). holder=self: its own threads; quota: the CPU idle while the group was throttled; "
-        "idle: idle otherwise (wake-up latency); unknown: the holder exited before it was "
-        "named, or the wait was older than its CPU's last 8 switches; other: holders past "
-        "the top 5 of the group.",
+        "(in-kernel, root). holder=self: its own threads; quota: while the group was "
+        "throttled, the CPU idle or the wait older than its CPU's last 8 switches; idle: "
+        "idle otherwise (wake-up latency); unknown: the holder exited before it was named, "
+        "or (not throttled) the wait was older than its CPU's last 8 switches; other: "
+        "holders past the top 5 of the group.",
         labels=[*LABELS, "holder"],
     )
     for c in groups:
