@@ -21,12 +21,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench_exporter import tree_cpu
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from contend.lab.sandbox import Limits, Sandbox  # noqa: E402
+from contend.lab.sandbox import Limits, Sandbox
 
 print = functools.partial(print, flush=True)
 SOCKET = f"contend-bench-{os.getpid()}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,20 @@ def test_doctor_json_reports_each_check() -> None:
     assert report["backend"] == expected
     for check in report["checks"]:
         assert check["ok"] or check["fix"], check
+
+
+def test_a_cgroup_is_found_by_its_path_in_the_hierarchy(tmp_path: Path) -> None:
+    """--cgroup takes the path /proc/PID/cgroup, top and the exporter's label show
+    (/web.slice/app.service), as well as a directory; never a way out of the tree."""
+    from contend.target import resolve_target
+
+    root = tmp_path / "cpu"
+    group = root / "web.slice" / "app.service"
+    group.mkdir(parents=True)
+    (group / "cgroup.procs").write_text("")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "cgroup.procs").write_text("")
+    assert resolve_target(cgroup="/web.slice/app.service", cgroup_roots=(root,)).cgroup == group
+    assert resolve_target(cgroup=str(group), cgroup_roots=(root,)).cgroup == group
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve_target(cgroup="/../outside", cgroup_roots=(root,))

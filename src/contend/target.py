@@ -210,12 +210,17 @@ def _thread_group(proc_root: str, pid: int) -> int | None:
 
 
 def _resolve_cgroup(raw: str, roots: tuple[Path, ...], cgroup2_root: Path | None) -> Target:
-    candidates = [Path(raw)] if raw.startswith("/") else [r / raw for r in roots]
-    for candidate in candidates:
+    # A directory (/sys/fs/cgroup/...), or a group's path as /proc/PID/cgroup, the
+    # exporter's `cgroup` label and top show it (/system.slice/x.service), under a root.
+    candidates: list[tuple[Path, Path | None]] = [(Path(raw), None)] if raw.startswith("/") else []
+    candidates += [(r / raw.lstrip("/"), r) for r in roots]
+    for candidate, root in candidates:
         try:
             path = candidate.resolve(strict=True)
         except OSError:
             continue
+        if root is not None and not path.is_relative_to(root.resolve()):
+            continue  # "../" out of the hierarchy
         if not (path / "cgroup.procs").is_file():
             raise UsageError(f"--cgroup: {path} is not a cgroup directory")
         cgroup_id = None

@@ -11,29 +11,35 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from contend.collect.cgroups import (
     CgroupLayout,
+    GroupLimits,
     TaskGroup,
+    group_limits,
     group_of_cgroup_file,
     names_in_path,
     sample_group,
 )
 from contend.collect.containers import ContainerNames
-from contend.collect.procfs import parse_schedstat, read_pressure_file
+from contend.collect.procfs import parse_schedstat, read_pressure_file, read_small
 from contend.collect.sched_accounting import SchedAccounting
 from contend.model import CgroupSample, GroupNames, MachineSample, TaskCounters
 
+# A process's cgroup, name and thread list are re-read every REFRESH readings (staggered
+# by pid), its threads' counters at every reading. A thread born meanwhile is counted
+# from its start once seen (the fold counts a new thread's whole life), so nothing is
+# lost; a process moved to another group is seen there within REFRESH readings.
+REFRESH = 5
 
-def _read(path: str) -> str:
-    """A small /proc file, without pathlib's overhead (thousands per reading)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(fd, 65536).decode()
-    finally:
-        os.close(fd)
+
+@dataclass
+class _Process:
+    group: TaskGroup
+    comm: str
+    tids: list[str]
 
 
 class MachineReader:
@@ -58,6 +64,9 @@ class MachineReader:
         # /proc/PID/cgroup text -> its group: most processes share a few groups, so the
         # text is parsed (and the group's directories looked up) once per reading.
         self._by_text: dict[str, TaskGroup | None] = {}
+        self._processes: dict[tuple[int, int], _Process] = {}
+        self._limits: dict[str, GroupLimits] = {}
+        self.readings = 0
 
     def _group_of(self, text: str) -> TaskGroup | None:
         if text not in self._by_text:
@@ -75,38 +84,60 @@ class MachineReader:
         tasks: list[TaskCounters] = []
         cgroup_of: dict[int, str] = {}
         comms: dict[int, str] = {}
-        self._by_text = {}
+        self.readings += 1
         proc = str(self.proc)
-        for name in os.listdir(proc):
-            if not name.isdigit():
-                continue
-            pid = int(name)
-            base = f"{proc}/{name}"
-            try:
-                group = self._group_of(_read(f"{base}/cgroup"))
-                if group is None:
-                    continue  # a kernel without a hierarchy contend reads
-                tids = os.listdir(f"{base}/task")
-                comms[pid] = _read(f"{base}/comm").rstrip("\n")
-            except OSError:
-                continue  # gone
-            mine = []
-            for tid in tids:
+        known: dict[tuple[int, int], _Process] = {}
+        with os.scandir(proc) as entries:
+            for entry in entries:
+                if not entry.name.isdigit():
+                    continue
+                pid = int(entry.name)
+                base = f"{proc}/{entry.name}"
+                # /proc/PID's inode is the process's own (a reused pid has another):
+                # its group, name and thread list are re-read every REFRESH readings.
+                key = (pid, entry.inode())
+                cached = self._processes.get(key)
                 try:
-                    run, wait, slices = parse_schedstat(_read(f"{base}/task/{tid}/schedstat"))
-                except (OSError, ValueError):
-                    continue  # the thread ended, or schedstat is off
-                mine.append(TaskCounters(pid, int(tid), run, wait, slices))
-            if mine:
-                tasks.extend(mine)
-                cgroup_of[pid] = group.path
+                    if cached is None or (self.readings + pid) % REFRESH == 0:
+                        group = self._group_of(read_small(f"{base}/cgroup"))
+                        if group is None:
+                            continue  # a kernel without a hierarchy contend reads
+                        cached = _Process(
+                            group,
+                            read_small(f"{base}/comm").rstrip("\n"),
+                            os.listdir(f"{base}/task"),
+                        )
+                except OSError:
+                    continue  # gone
+                mine = []
+                for tid in cached.tids:
+                    try:
+                        run, wait, slices = parse_schedstat(
+                            read_small(f"{base}/task/{tid}/schedstat")
+                        )
+                    except (OSError, ValueError):
+                        continue  # the thread ended, or schedstat is off
+                    mine.append(TaskCounters(pid, int(tid), run, wait, slices))
+                if mine:
+                    known[key] = cached
+                    self._groups.setdefault(cached.group.path, cached.group)
+                    tasks.extend(mine)
+                    cgroup_of[pid] = cached.group.path
+                    comms[pid] = cached.comm
+        self._processes = known
         now = time.monotonic_ns()
         groups: dict[str, CgroupSample] = {}
         for path in set(cgroup_of.values()):
             group = self._groups[path]
-            groups[path] = sample_group(group, self.layout, now)
+            # Quotas are re-read every REFRESH readings (staggered), counters every time.
+            limits = self._limits.get(path)
+            if limits is None or (self.readings + hash(path)) % REFRESH == 0:
+                limits = self._limits[path] = group_limits(group, self.layout)
+            groups[path] = sample_group(group, self.layout, now, limits)
+        self._limits = {p: lim for p, lim in self._limits.items() if p in groups}
         # Groups that emptied are forgotten (a new group of that path is found afresh).
         self._groups = {p: g for p, g in self._groups.items() if p in groups}
+        self._by_text = {t: g for t, g in self._by_text.items() if g is None or g.path in groups}
         self._names = {p: self._names.get(p) or self._name(p) for p in groups}
         return MachineSample(
             t_ns=now,

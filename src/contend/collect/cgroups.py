@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from contend.collect.procfs import read_cpu_stat_file, read_pressure_file
+from contend.collect.procfs import read_cpu_stat_file, read_pressure_file, read_small
 from contend.model import CgroupCpuStat, CgroupSample, GroupNames, Pressure
 
 # The v1 controllers contend uses: cpu (CFS bandwidth: cfs_quota_us/cfs_period_us,
@@ -259,12 +259,13 @@ def read_quota(cpu_dir: Path) -> tuple[int | None, int | None]:
     """(quota, period) in us of a group's CFS bandwidth, None without a quota: v2
     `cpu.max` ("max 100000" or "50000 100000"), v1 `cpu.cfs_quota_us` (-1) and
     `cpu.cfs_period_us` (Documentation/scheduler/sched-bwc.rst)."""
+    d = str(cpu_dir)
     try:
-        if (cpu_dir / "cpu.max").exists():
-            quota, period = (cpu_dir / "cpu.max").read_text().split()[:2]
-        else:
-            quota = (cpu_dir / "cpu.cfs_quota_us").read_text().strip()
-            period = (cpu_dir / "cpu.cfs_period_us").read_text().strip()
+        try:
+            quota, period = read_small(f"{d}/cpu.max").split()[:2]
+        except FileNotFoundError:
+            quota = read_small(f"{d}/cpu.cfs_quota_us").strip()
+            period = read_small(f"{d}/cpu.cfs_period_us").strip()
     except (OSError, ValueError):
         return None, None
     if not period.isdigit():
@@ -289,45 +290,64 @@ def _tightest_ancestor(cpu_dir: Path, root: Path) -> tuple[Path, float] | None:
     return best
 
 
-def sample_group(group: TaskGroup, layout: CgroupLayout, t_ns: int) -> CgroupSample:
-    """A group's counters, PSI and quota now (the tightest of it and its ancestors)."""
+@dataclass(frozen=True)
+class GroupLimits:
+    """A group's quota (the tightest of it and its ancestors), where it comes from, and
+    its burst: what changes only when someone changes it."""
+
+    quota_us: int | None
+    period_us: int | None
+    quota_from: str | None
+    burst_us: int | None
+    limiting_dir: Path | None  # the quota's group, when an ancestor's
+
+
+def group_limits(group: TaskGroup, layout: CgroupLayout) -> GroupLimits:
     quota = period = None
     quota_from = None
     root = None
+    limiting = None
     cpu_dir = group.dirs.get("cpu")
-    if cpu_dir is not None:
-        quota, period = read_quota(cpu_dir)
-        roots = [r for r in (layout.v1_roots.get("cpu"), layout.v2_root) if r is not None]
-        root = next((r for r in roots if cpu_dir.is_relative_to(r)), None)
-        above = _tightest_ancestor(cpu_dir, root) if root is not None else None
-        if (
-            root is not None
-            and above is not None
-            and (quota is None or not period or above[1] < quota / period)
-        ):
-            d = above[0]
-            quota, period = read_quota(d)
-            quota_from = "/" + str(d.relative_to(root))
+    if cpu_dir is None:
+        return GroupLimits(None, None, None, None, None)
+    quota, period = read_quota(cpu_dir)
+    roots = [r for r in (layout.v1_roots.get("cpu"), layout.v2_root) if r is not None]
+    root = next((r for r in roots if cpu_dir.is_relative_to(r)), None)
+    above = _tightest_ancestor(cpu_dir, root) if root is not None else None
+    if (
+        root is not None
+        and above is not None
+        and (quota is None or not period or above[1] < quota / period)
+    ):
+        limiting = above[0]
+        quota, period = read_quota(limiting)
+        quota_from = "/" + str(limiting.relative_to(root))
+    return GroupLimits(quota, period, quota_from, read_burst(limiting or cpu_dir), limiting)
+
+
+def sample_group(
+    group: TaskGroup, layout: CgroupLayout, t_ns: int, limits: GroupLimits | None = None
+) -> CgroupSample:
+    """A group's counters, PSI and quota now (the tightest of it and its ancestors);
+    `limits` as read before, if the caller keeps them."""
+    limits = limits or group_limits(group, layout)
     stat = cpu_stat(group.dirs)
-    if quota_from is not None and stat is not None and root is not None:
+    if limits.limiting_dir is not None and stat is not None:
         # Throttling is counted in the group whose quota ran out (its cfs_rq is the one
         # throttled, kernel/sched/fair.c throttle_cfs_rq), not in its children: read it
         # there, with this group's own usage.
-        limiting = read_cpu_stat_file(root / quota_from.lstrip("/") / "cpu.stat")
+        limiting = read_cpu_stat_file(limits.limiting_dir / "cpu.stat")
         if limiting is not None:
             stat = replace(limiting, usage_ns=stat.usage_ns)
-    burst = None
-    if cpu_dir is not None:
-        burst = read_burst(root / quota_from.lstrip("/") if quota_from and root else cpu_dir)
     return CgroupSample(
         path=group.path,
         t_ns=t_ns,
         cpu=stat,
         pressure=cpu_pressure(group.dirs),
-        quota_us=quota,
-        period_us=period,
-        quota_from=quota_from,
-        burst_us=burst,
+        quota_us=limits.quota_us,
+        period_us=limits.period_us,
+        quota_from=limits.quota_from,
+        burst_us=limits.burst_us,
     )
 
 
@@ -336,7 +356,7 @@ def read_burst(cpu_dir: Path) -> int | None:
     `cpu.max.burst`, v1 `cpu.cfs_burst_us`; None where the kernel has neither (< 5.14)."""
     for name in ("cpu.max.burst", "cpu.cfs_burst_us"):
         try:
-            return int((cpu_dir / name).read_text())
+            return int(read_small(f"{cpu_dir}/{name}"))
         except FileNotFoundError:
             continue
         except (OSError, ValueError):

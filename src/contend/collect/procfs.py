@@ -306,15 +306,25 @@ class ProcFS:
             return None  # kernel without CONFIG_PSI, or psi=0 on the command line
 
 
-def read_pressure_file(path: Path) -> Pressure | None:
+def read_small(path: str | os.PathLike[str]) -> str:
+    """A small kernel file (/proc, cgroupfs), without pathlib's overhead: `top` and the
+    exporter read thousands each second."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        return parse_pressure(path.read_text())
+        return os.read(fd, 65536).decode()
+    finally:
+        os.close(fd)
+
+
+def read_pressure_file(path: str | os.PathLike[str]) -> Pressure | None:
+    try:
+        return parse_pressure(read_small(path))
     except (OSError, ValueError):
         return None
 
 
-def read_cpu_stat_file(path: Path) -> CgroupCpuStat | None:
+def read_cpu_stat_file(path: str | os.PathLike[str]) -> CgroupCpuStat | None:
     try:
-        return parse_cpu_stat(path.read_text())
+        return parse_cpu_stat(read_small(path))
     except (OSError, ValueError):
         return None

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from contend.model import AccountingSnapshot, CgroupAccount
@@ -137,24 +136,44 @@ def screen(
         lines.append(Text(f"filter: {view.typing}_", no_wrap=True))
     if view.message:
         lines.append(Text(view.message, overflow="fold"))
-    table = Table(box=None, pad_edge=False, show_edge=False, expand=True, padding=(0, 1))
-    for i, (title, _, _) in enumerate(cols):
-        marked = title + ("*" if all_cols.index(cols[i]) == view.sort else "")
-        if i == 0:
-            table.add_column(marked, no_wrap=True, overflow="ellipsis", ratio=1, min_width=12)
-        elif title == "behind":
-            table.add_column(
-                marked, no_wrap=True, overflow="ellipsis", max_width=max(width // 5, 8)
-            )
-        else:
-            table.add_column(marked, justify="right", no_wrap=True)
+    if width < 100:
+        cols = [c for c in cols if c[0] != "psi s/f"]  # 80 columns: the name needs the room
     room = max(height - len(lines) - 2, 1)
     first = max(0, min(view.selected - room + 1, len(rows) - room))
-    for n, r in enumerate(rows[first : first + room], start=first):
-        cells = [fmt(r) for _, fmt, _ in cols]
+    shown = rows[first : first + room]
+    behind_max = max(width // 5, 8)
+    cells = [[fmt(r) for _, fmt, _ in cols] for r in shown]
+    for row in cells:
+        row[-1] = row[-1] if len(row[-1]) <= behind_max else "…" + row[-1][-(behind_max - 1) :]
+    # The name keeps its tail (a path's last part is what tells groups apart) in what the
+    # other columns leave of the width.
+    others = sum(
+        max([len(cols[i][0]) + 1] + [len(row[i]) for row in cells]) + 1 for i in range(1, len(cols))
+    )
+    name_room = max(width - others - 1, 8)
+    for row in cells:
+        if len(row[0]) > name_room:
+            row[0] = "…" + row[0][-(name_room - 1) :]
+    # Drawn as plain lines (rich's Table costs tens of ms a frame at 40 rows): the name
+    # left-aligned in what is left, the numbers right-aligned, "behind" last.
+    titles = [
+        t + ("*" if all_cols.index(c) == view.sort else "")
+        for c, t in zip(cols, [c[0] for c in cols], strict=True)
+    ]
+    widths = [max([len(titles[i])] + [len(row[i]) for row in cells]) for i in range(len(cols))]
+    widths[0] = name_room
+
+    def line(values: list[str]) -> str:
+        out = [values[0].ljust(widths[0])]
+        for i in range(1, len(values)):
+            v = values[i]
+            out.append(v.ljust(widths[i]) if cols[i][0] == "behind" else v.rjust(widths[i]))
+        return " ".join(out).rstrip()[:width]
+
+    lines.append(Text(line(titles), style="bold" if color else "", no_wrap=True))
+    for n, (r, row) in enumerate(zip(shown, cells, strict=True), start=first):
         style = SEVERITY_STYLE[r.severity] if color else ""
         if n == view.selected:
             style = (style + " reverse").strip()
-        table.add_row(*cells, style=style or None)
-    lines.append(table)
+        lines.append(Text(line(row), style=style, no_wrap=True))
     return Group(*lines)
