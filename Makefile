@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 # the tests open the HTML report in it; podman, runc, debootstrap: the container image
 # without a registry; docker.io: a real Docker daemon beside podman, which the tests start
 # on a private socket; qemu-system-x86, busybox-static: `make vmtest`'s VM).
-# prometheus: promtool and a real server for the exporter's tests; htop: top's bench.
+# prometheus: promtool and a real server for the exporter's tests; tmux: top's tests run
+# it in a real terminal; htop: top's bench.
 # docker.io conflicts with podman-docker over /usr/bin/docker: the real Docker wins.
 DEB_PACKAGES := bpftrace chromium podman runc debootstrap docker.io qemu-system-x86 busybox-static \
-  prometheus htop
+  prometheus htop tmux
 
 .PHONY: install lab test lint typecheck pytest clean deb image vmtest test-loaded
 
