@@ -171,6 +171,9 @@ def test_once_json_agrees_with_diagnose_on_the_same_group(
     assert row["path"] == lim and row["quota_cpus"] == pytest.approx(0.3)
     assert row["cpu_cores"] == pytest.approx(group["usage_cpus"], rel=0.10)
     assert row["throttled_ratio"] == pytest.approx(group["throttled_periods_ratio"], abs=0.10)
+    # Its waits are in too (the window's in-kernel waits arrive with bpftrace's next print):
+    # two loops in 0.3 CPU wait far more than they run, starved by their quota.
+    assert row["wait_to_run"] >= 2 and row["severity"] == "severe" and row["reason"] == "quota"
 
 
 def test_top_refuses_a_pipe_and_bad_options() -> None:

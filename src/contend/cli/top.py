@@ -204,7 +204,11 @@ def command(interval: str, cgroup: str | None, backend: str, once: bool, fmt: st
     try:
         top.start()
         if once:
+            printed = top.sched.intervals if top.sched is not None else 0
             time.sleep(seconds)
+            if top.sched is not None:
+                # The in-kernel waits of the window arrive with bpftrace's next print.
+                top.sched.wait_printed(printed + 1, seconds + 5)
             top.step()
             return _print_once(top, fmt, note)
         return _live(top, note)

@@ -103,6 +103,8 @@ class SchedAccounting:
         self.lost_events = 0
         self.tracer: Bpftrace | None = None
         self._cpu_s: float | None = None
+        self._printed = threading.Condition(self._lock)
+        self.intervals = 0  # interval prints received
 
     def start(self) -> None:
         self.tracer = Bpftrace(program(self.interval_ms), on_record=self._record, map_keys=MAP_KEYS)
@@ -128,6 +130,17 @@ class SchedAccounting:
                     for key, ns in values.items():
                         tid, holder = (int(x) for x in split_key(key, 2))
                         p.behind[(tid, holder)] = p.behind.get((tid, holder), 0) + int(ns)
+
+    def _printf(self, text: str) -> None:
+        if text.strip() == INTERVAL_PRINTF:
+            with self._printed:
+                self.intervals += 1
+                self._printed.notify_all()
+
+    def wait_printed(self, count: int, timeout_s: float) -> bool:
+        """Until bpftrace has printed `count` intervals (False if `timeout_s` passed)."""
+        with self._printed:
+            return self._printed.wait_for(lambda: self.intervals >= count, timeout=timeout_s)
 
     def drain(self) -> SchedInterval:
         lost = self.tracer.output.lost_events if self.tracer is not None else 0
