@@ -174,10 +174,14 @@ def _boot(argv: list[str], timeout: float) -> str | None:
 
     def watch() -> None:
         assert proc.stdout is not None
-        for line in iter(proc.stdout.readline, b""):
-            sys.stdout.buffer.write(line)
+        tail = b""  # the console as it comes (pytest's dots have no newline)
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
+            sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
-            if not found and LOCKUP.search(line):
+            tail = (tail + chunk)[-8192:]
+            m = LOCKUP.search(tail)
+            if not found and m:
+                line = tail[tail.rfind(b"\n", 0, m.start()) + 1 :].split(b"\n", 1)[0]
                 found.append(line.decode(errors="replace").strip())
                 proc.kill()
 
