@@ -165,6 +165,9 @@ LOCKUP = re.compile(
 )
 
 
+INCONCLUSIVE = 75  # EX_TEMPFAIL: the guest kernel locked up twice; no test result
+
+
 def _boot(argv: list[str], timeout: float) -> str | None:
     """Run the VM, its console echoed; None when it powered off, else why it was stopped
     ("timeout", "interrupted", or the lockup line)."""
@@ -242,7 +245,9 @@ def run(command: list[str], cpus: int, memory: str, timeout: float, images: list
             print(f"vmtest: the guest kernel locked up ({stuck}): not a test's result",
                   file=sys.stderr)  # fmt: skip
             if attempt == 2 or time.monotonic() - started > timeout / 2:
-                return 1
+                print("vmtest: inconclusive: the emulator locked up again (exit 75)",
+                      file=sys.stderr)  # fmt: skip
+                return INCONCLUSIVE
             print("vmtest: booting the VM again (second and last attempt)", file=sys.stderr)
             (Path(out) / "rc").unlink(missing_ok=True)
         rc_file = Path(out) / "rc"
