@@ -120,3 +120,16 @@ os.setuid(65534)
 sys.stderr.write(f"uid {os.getuid()} euid {os.geteuid()}\\n")
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def busy_loop(cpu: int | None = None, join: Any = None) -> subprocess.Popen[bytes]:
+    """`while True: pass`, pinned to `cpu` and run in a cgroup by `join` (a sandbox's
+    join_function) when given, before it starts."""
+
+    def setup() -> None:
+        if join is not None:
+            join()
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=setup)

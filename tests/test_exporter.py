@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import TIME_SCALE, contend_command, need, quiet_cpu
+from conftest import TIME_SCALE, busy_loop, contend_command, need, quiet_cpu
 from contend.analysis.accounting import OTHER, Accounting
 from contend.collect.cgroups import names_in_path
 from contend.collect.procfs import ProcFS, parse_cpu_stat
@@ -351,16 +350,6 @@ def exporter_root() -> None:
     need(os.path.isdir("/sys/fs/cgroup"), "needs cgroups")
 
 
-def _busy(cpu: int | None = None, join: Any = None) -> subprocess.Popen[bytes]:
-    def setup() -> None:
-        if join is not None:
-            join()
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=setup)
-
-
 def _stop(*procs: subprocess.Popen[bytes]) -> None:
     for p in procs:
         p.kill()
@@ -384,9 +373,9 @@ def test_a_quota_and_a_pinned_pair_against_the_kernels_counters(
     fs = ProcFS()
     with Sandbox(Limits(0.5, None)) as limited, Sandbox(Limits(None, None)) as v_box, \
             Sandbox(Limits(None, None)) as h_box:  # fmt: skip
-        loops = [_busy(join=limited.join_function()) for _ in range(2)]
-        victim = _busy(cpu, v_box.join_function())
-        hog = _busy(cpu, h_box.join_function())
+        loops = [busy_loop(join=limited.join_function()) for _ in range(2)]
+        victim = busy_loop(cpu, v_box.join_function())
+        hog = busy_loop(cpu, h_box.join_function())
         exporter = Exporter("--interval", "0.5", "--backend", backend)
         try:
             time.sleep(1)
@@ -618,9 +607,9 @@ def test_a_real_prometheus_sees_the_quota_the_starved_victim_and_a_restart(
     cpu = quiet_cpu()
     with Sandbox(Limits(0.5, None)) as limited, Sandbox(Limits(None, None)) as v_box, \
             Sandbox(Limits(None, None)) as h_box:  # fmt: skip
-        loops = [_busy(join=limited.join_function()) for _ in range(2)]
-        victim = _busy(cpu, v_box.join_function())
-        hog = _busy(cpu, h_box.join_function())
+        loops = [busy_loop(join=limited.join_function()) for _ in range(2)]
+        victim = busy_loop(cpu, v_box.join_function())
+        hog = busy_loop(cpu, h_box.join_function())
         exporter = Exporter("--interval", "0.5")
         prom = Prometheus(tmp_path, f"127.0.0.1:{exporter.port}")
         lim, vic = _path_of(limited), _path_of(v_box)

@@ -9,14 +9,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from conftest import TIME_SCALE, contend_command, need, pgrep, quiet_cpu
+from conftest import TIME_SCALE, busy_loop, contend_command, need, pgrep, quiet_cpu
 from contend.lab.sandbox import Limits, Sandbox
 
 
@@ -67,23 +66,13 @@ def top_root() -> None:
     need(shutil.which("bpftrace") is not None, "needs bpftrace")
 
 
-def _busy(cpu: int | None = None, join: Any = None) -> subprocess.Popen[bytes]:
-    def setup() -> None:
-        if join is not None:
-            join()
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=setup)
-
-
 @pytest.fixture
 def workload() -> Iterator[dict[str, Any]]:
     cpu = quiet_cpu()
     with Sandbox(Limits(0.3, None)) as limited, Sandbox(Limits(None, None)) as v_box, \
             Sandbox(Limits(None, None)) as h_box:  # fmt: skip
-        procs = [_busy(join=limited.join_function()) for _ in range(2)]
-        procs += [_busy(cpu, v_box.join_function()), _busy(cpu, h_box.join_function())]
+        procs = [busy_loop(join=limited.join_function()) for _ in range(2)]
+        procs += [busy_loop(cpu, v_box.join_function()), busy_loop(cpu, h_box.join_function())]
         try:
             yield {"limited": "/" + limited.name, "victim": "/" + v_box.name,
                    "hog": "/" + h_box.name, "procs": procs}  # fmt: skip

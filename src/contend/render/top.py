@@ -5,7 +5,7 @@ to the terminal's size. Pure: rows in, a rich renderable out."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -36,7 +36,6 @@ class View:
     selected: int = 0
     paused: bool = False
     message: str = ""
-    keys: list[str] = field(default_factory=list)
 
     @property
     def level(self) -> str:
