@@ -135,3 +135,53 @@ def test_refused_connections_are_counted_not_raised() -> None:
     results = load.run_load(f"http://127.0.0.1:{port}/", rate_per_s=20, duration_s=0.5)
     assert len(results) == 10
     assert all(r.status == 0 and r.error == "ConnectError" for r in results)
+
+
+_ENDED_BY_SIGNAL = """
+import http.server, os, signal, sys, threading
+from contend.cli import _on_sigterm
+from contend.errors import Terminated
+from contend.lab import load
+
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+signal.signal(signal.SIGTERM, _on_sigterm)
+done = []
+
+def on_result(sample):
+    # Called inside a request's task: the signal arrives while that task runs, the case
+    # that lost it (a handler's exception lands in the frame that is running).
+    done.append(sample)
+    if len(done) == 5:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+try:
+    load.run_load(f"http://127.0.0.1:{server.server_address[1]}/", 50, 120, on_result=on_result)
+except Terminated as e:
+    print("terminated", e.signum, flush=True)
+    sys.exit(143)
+print("ran to its end")
+"""
+
+
+def test_sigterm_ends_the_load_at_once() -> None:
+    """The CLI's SIGTERM handler raises Terminated; inside the event loop it must end the
+    load, not die unretrieved in one request's task while the load runs on (CI saw a lab
+    run on for its full 60 s after SIGTERM). The child signals itself from inside a task."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ENDED_BY_SIGNAL], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=60)  # 120 s of load: 60 s tells the two apart
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (proc.returncode, out) == (143, "terminated 15\n"), err
+    assert "never retrieved" not in err, err

@@ -9,11 +9,14 @@ counted in the results, never a crash.
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 
 import httpx
 
+from contend.errors import Terminated
 from contend.model import RequestSample
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -95,9 +98,41 @@ def run_load(
     """Send `rate_per_s * duration_s` GETs to `url`, open loop; return one sample each."""
     if rate_per_s <= 0 or duration_s <= 0 or concurrency < 1:
         raise ValueError("rate, duration and concurrency must be positive")
-    return asyncio.run(
-        _load(url, rate_per_s, duration_s, concurrency, timeout_s, drain_s, on_result)
-    )
+    main = _load(url, rate_per_s, duration_s, concurrency, timeout_s, drain_s, on_result)
+    return asyncio.run(_ended_by_signal(main))
+
+
+# What the CLI ends on (its handler raises Terminated). Raised from a signal handler inside
+# the event loop, the exception would land in whichever request task was running, die
+# there unretrieved, and the load would run on to its end; so inside the loop the signal
+# cancels the load instead, and Terminated is raised once the loop is left.
+_ENDING = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+async def _ended_by_signal(main: Coroutine[None, None, list[RequestSample]]) -> list[RequestSample]:
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(main)
+    received: list[int] = []
+
+    def ending(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    if threading.current_thread() is not threading.main_thread():
+        return await task  # signals reach only the main thread: nothing to turn
+    previous = {sig: signal.getsignal(sig) for sig in _ENDING}
+    for sig in _ENDING:
+        loop.add_signal_handler(sig, ending, sig)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if received:
+            raise Terminated(received[0]) from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)
 
 
 def sequential(url: str, count: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[RequestSample]:
