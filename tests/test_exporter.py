@@ -381,9 +381,11 @@ def test_a_quota_and_a_pinned_pair_against_the_kernels_counters(
             time.sleep(1)
             first = exporter.scrape()
             stat0, sched0 = limited.cpu_stat(), next(iter(fs.tasks([victim.pid])))
+            lim0 = sum(t.run_queue_wait_ns for t in fs.tasks([p.pid for p in loops]))
             time.sleep(3)
             # The exporter reads every 0.5 s: wait for a reading after our own.
             stat1, sched1 = limited.cpu_stat(), next(iter(fs.tasks([victim.pid])))
+            lim1 = sum(t.run_queue_wait_ns for t in fs.tasks([p.pid for p in loops]))
             time.sleep(1)
             last = exporter.scrape()
             code, err = exporter.stop()
@@ -394,7 +396,8 @@ def test_a_quota_and_a_pinned_pair_against_the_kernels_counters(
     assert stat0 is not None and stat1 is not None
 
     def inc(name: str, path: str) -> float:
-        return last[(name, path)] - first[(name, path)]
+        # A series first seen after the first scrape started from 0 (a holder met late).
+        return last[(name, path)] - first.get((name, path), 0.0)
 
     lim = _path_of(limited)
     periods = inc("contend_cgroup_cpu_periods_total", lim)
@@ -431,12 +434,21 @@ def test_a_quota_and_a_pinned_pair_against_the_kernels_counters(
     # The two limited loops are not pinned: they take turns on the victim's CPU too.
     assert max(holders, key=lambda h: holders[h]) == _path_of(h_box), holders
     assert holders[_path_of(h_box)] + holders.get(lim, 0) >= 0.9 * wait, (holders, wait)
-    # The limited loops waited for their quota most of all (throttled in every period).
+    # The limited loops waited for their quota most of all (throttled in every period),
+    # and for the rest behind the pinned pair, as often as the balancer put one beside
+    # them (CI saw quota 49% of the wait, a quiet machine 65%). The kernel's own split over
+    # the 3 s window: its throttled time over the loops' schedstat wait (which counts
+    # throttled time as waiting). Both loops wait out each throttled stretch; a kernel
+    # that sums throttled time per CPU queue counts both of them (ratio 1), one that
+    # counts the group once (6.18 measured here: 0.654 against 0.327) counts one.
     lim_holders = {k[0].split(":", 1)[1]: inc(k[0], lim) for k in last
                    if k[1] == lim and k[0].startswith("contend_cgroup_waited_behind_seconds_total:")}  # fmt: skip
     assert max(lim_holders, key=lambda h: lim_holders[h]) == "quota", lim_holders
     lim_wait = inc("contend_cgroup_runqueue_wait_seconds_total", lim)
-    assert lim_holders["quota"] >= 0.5 * lim_wait, (lim_holders, lim_wait)
+    kernel_quota = (stat1.throttled_ns - stat0.throttled_ns) / (lim1 - lim0)
+    assert kernel_quota * 0.85 <= lim_holders["quota"] / lim_wait <= min(2.3 * kernel_quota, 1), (
+        lim_holders, lim_wait, kernel_quota,
+    )  # fmt: skip
     waits = inc("contend_cgroup_runqueue_wait_duration_seconds_count", vic)
     slices = sched1.slices - sched0.slices
     assert waits / wait == pytest.approx(
