@@ -127,7 +127,10 @@ def test_a_busy_loop_waits_behind_its_pinned_neighbour(kernel_tracing: None) -> 
             p.kill()
             p.wait()
     (t,) = times.threads
-    assert t.pid == a.pid and not t.sleeping_ns
+    assert t.pid == a.pid
+    # A busy loop does not sleep; a page fault served from the VM's 9p root may block
+    # it for a few ms (4 ms of 3 s under TCG), so allow 1% of the window.
+    assert sum(t.sleeping_ns.values()) <= 0.01 * t.wall_ns, t.sleeping_ns
     # Everything is accounted for: running + runnable is the window, within 2%.
     assert (t.running_ns + t.runnable_ns) / t.wall_ns == pytest.approx(1.0, abs=0.02)
     # The neighbour was charged for most of the wait, by its tid (other tasks of the
