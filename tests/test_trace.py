@@ -325,6 +325,21 @@ def test_no_bpftrace_outlives_contend(kernel_tracing: None, sig: int) -> None:
     assert pgrep("bpftrace") == []
 
 
+def test_a_bpftrace_that_does_not_end_in_time_is_killed_and_said(kernel_tracing: None) -> None:
+    # 1 ms after SIGINT is too soon for bpftrace to print its maps and detach: it is
+    # killed, the output says so, and its process is gone with its programs.
+    tracer = bt.Bpftrace('BEGIN { printf("contend-ready\\n"); }\n'
+                         "tracepoint:raw_syscalls:sys_enter { @n = count(); }\n")  # fmt: skip
+    tracer.start()
+    pid = tracer.pid
+    assert pid is not None and tracer.output.attached_probes == 2
+    out = tracer.stop(timeout_s=0.001)
+    assert out.killed_after_s == 0.001 and tracer.proc is not None
+    assert tracer.proc.returncode == -signal.SIGKILL
+    assert "@n" not in out.maps  # what it prints at its exit never came
+    assert not Path(f"/proc/{pid}").exists()
+
+
 def test_syscall_table_maps_known_numbers() -> None:
     assert [syscall_name(n, "x86_64") for n in (0, 1, 39, 59, 202, 231)] == [
         "read", "write", "getpid", "execve", "futex", "exit_group"]  # fmt: skip

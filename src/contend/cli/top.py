@@ -84,9 +84,17 @@ class Top:
         tasks = task_rows(self.prev, self.cur, cgroup=view.cgroup, pid=view.pid)
         return screen.ordered(tasks, view)
 
-    def stop(self) -> None:
-        if self.sched is not None:
-            self.sched.stop()
+    def stop(self) -> str | None:
+        """Ends bpftrace (a live view needs none of its last counts: 3 s, then SIGKILL);
+        a line for stderr if that was slow."""
+        if self.sched is None:
+            return None
+        began = time.monotonic()
+        killed = self.sched.stop(timeout_s=3)
+        took = time.monotonic() - began
+        if killed is not None:
+            return f"contend top: bpftrace had not ended {killed:g} s after SIGINT: killed"
+        return f"contend top: bpftrace took {took:.1f} s to end" if took > 1 else None
 
 
 def _load() -> str:
@@ -215,7 +223,9 @@ def command(interval: str, cgroup: str | None, backend: str, once: bool, fmt: st
     except Terminated:
         return 0
     finally:
-        top.stop()
+        slow = top.stop()
+        if slow is not None:
+            click.echo(slow, err=True)
 
 
 def _print_once(top: Top, fmt: str, note: str) -> int:

@@ -161,6 +161,9 @@ class Output:
     lost_events: int = 0
     attached_probes: int = 0
     errors: list[str] = field(default_factory=list)
+    # Set when bpftrace did not end this long after SIGINT and was killed: what it had
+    # not yet printed (the maps it prints at exit) is missing.
+    killed_after_s: float | None = None
 
 
 # bpftrace 0.17's JSON writes a string's bytes >= 0x80 as a sign-extended char,
@@ -333,8 +336,10 @@ class Bpftrace:
             try:
                 proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
+                # Killed, its BPF programs and maps go with its file descriptors.
                 proc.kill()
                 proc.wait()
+                self.output.killed_after_s = timeout_s
         if self._reader is not None:
             self._reader.join(timeout=10)
         for line in self._stderr:

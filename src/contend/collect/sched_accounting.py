@@ -163,10 +163,13 @@ class SchedAccounting:
             self._cpu_s = max(now, self._cpu_s or 0.0)
         return self._cpu_s
 
-    def stop(self) -> None:
-        if self.tracer is not None:
-            self.tracer.stop(timeout_s=10)
-            self.tracer = None
+    def stop(self, timeout_s: float = 10.0) -> float | None:
+        """Ends bpftrace; the seconds it was given if it had to be killed, else None."""
+        if self.tracer is None:
+            return None
+        out = self.tracer.stop(timeout_s=timeout_s)
+        self.tracer = None
+        return out.killed_after_s
 
 
 class _Pending:

@@ -218,6 +218,9 @@ def run_trace_output(
         notes.append(f"{out.lost_events} events were lost: results are incomplete")
     if out.errors:
         notes.append(f"{len(out.errors)} tracer output records not understood: {out.errors[0]}")
+    if out.killed_after_s is not None:
+        notes.append(f"bpftrace had not ended {out.killed_after_s:g} s after SIGINT and was"
+                     " killed: the counts it prints at its exit are missing")  # fmt: skip
     result = _result(
         opts, out, collector, ended - started, tracer.tracer_cpu_s, exit_status, notes, owners
     )
