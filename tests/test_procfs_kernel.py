@@ -11,7 +11,9 @@ import time
 import psutil
 import pytest
 
-from contend.collect.procfs import ProcFS
+from conftest import busy_loop, need
+from contend.collect.cgroups import detect_layout
+from contend.collect.procfs import HeldFiles, ProcFS, parse_cpu_stat, parse_schedstat
 
 
 def _child(code: str) -> subprocess.Popen[str]:
@@ -176,3 +178,64 @@ def test_owner_of_a_thread_is_its_process() -> None:
         proc.kill()
         proc.wait()
     assert fs.owner(proc.pid) is None
+
+
+def test_held_files_read_anew_and_follow_what_they_were_opened_on() -> None:
+    """A held schedstat re-reads the current counters (pread at 0); once its thread has
+    ended it is closed and the path opened afresh; a group removed and made again under
+    the same path is read as the new group; past the budget nothing more is held."""
+    need(os.geteuid() == 0, "needs root (makes a cgroup)")
+    root = detect_layout().v2_root
+    need(root is not None, "needs a cgroup2 hierarchy")
+    files = HeldFiles(budget=3)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    loop = busy_loop()
+    path = f"/proc/{loop.pid}/task/{loop.pid}/schedstat"
+    try:
+        first = parse_schedstat(files.read(path))
+        time.sleep(0.3)
+        second = parse_schedstat(files.read(path))
+        assert len(files) == 1
+        # The same descriptor gives the counters of now: the loop ran meanwhile.
+        assert second[0] - first[0] >= 0.1e9 and second[2] >= first[2]
+    finally:
+        loop.kill()
+        loop.wait()
+    with pytest.raises(FileNotFoundError):
+        files.read(path)  # its thread is gone: the held file is dropped, the path is gone
+    assert len(files) == 0
+    group = root / f"contend-held-{os.getpid()}"
+    group.mkdir()
+    try:
+        loop = busy_loop()
+        (group / "cgroup.procs").write_text(str(loop.pid))
+        time.sleep(0.3)
+        loop.kill()
+        loop.wait()
+        used = parse_cpu_stat(files.read(f"{group}/cpu.stat")).usage_ns
+        assert used is not None and used >= 0.1e9
+        group.rmdir()
+        group.mkdir()
+        # The old group's descriptor fails (ENODEV); the path is read as the new group.
+        assert parse_cpu_stat(files.read(f"{group}/cpu.stat")).usage_ns == 0
+        assert len(files) == 1
+        for name in ("cpu.pressure", "cgroup.procs", "cgroup.events"):
+            files.read(f"{group}/{name}")
+        assert len(files) == 3  # the budget: the fourth was opened and closed
+        files.sweep()
+        files.read(f"{group}/cpu.stat")
+        files.sweep()  # only what was read since the last sweep stays open
+        assert len(files) == 1
+        kept = HeldFiles(idle_sweeps=2)
+        kept.read(f"{group}/cpu.stat")
+        kept.sweep()
+        kept.sweep()
+        assert len(kept) == 1  # read in one of the last 2 periods: kept
+        kept.sweep()
+        assert len(kept) == 0
+        assert len(os.listdir("/proc/self/fd")) == fds_before + 1
+        files.close()
+        assert len(files) == 0 and len(os.listdir("/proc/self/fd")) == fds_before
+    finally:
+        files.close()
+        group.rmdir()

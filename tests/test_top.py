@@ -108,6 +108,14 @@ def test_top_shows_the_throttled_group_and_the_victims_holder(
         tmux.keys("/", *vic, "Enter")
         text = tmux.wait_for(lambda t: lim not in t and vic in t.split("\n", 3)[-1])
         assert f"filter '{vic}'" in text
+        # `d`: contend diagnose on the selected group, its answer on the screen: the
+        # victim waits behind the hog's loop, named by its pid; any key goes back.
+        hog_pid = workload["procs"][3].pid
+        tmux.keys("d")
+        text = tmux.wait_for(lambda t: "Verdict:" in t, timeout_s=60)
+        assert "CONTENTION" in text and re.search(rf"PID\s+{hog_pid}\b", text), text
+        tmux.keys("x")
+        tmux.wait_for(lambda t: "Verdict:" not in t and vic in t)
         # Enter: its processes (the one loop, python3); Backspace: back to the cgroups.
         tmux.keys("Enter")
         text = tmux.wait_for(lambda t: f"processes of {vic}" in t)

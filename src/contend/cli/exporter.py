@@ -159,6 +159,7 @@ def command(listen: str, interval: str, max_cgroups: str, backend: str) -> int:
             server.shutdown()
         server.server_close()
         engine.stop()
+        reader.close()
         if sched is not None:
             sched.stop()
     return 0

@@ -87,6 +87,7 @@ class Top:
     def stop(self) -> str | None:
         """Ends bpftrace (a live view needs none of its last counts: 3 s, then SIGKILL);
         a line for stderr if that was slow."""
+        self.reader.close()
         if self.sched is None:
             return None
         began = time.monotonic()

@@ -24,7 +24,7 @@ from contend.collect.cgroups import (
     sample_group,
 )
 from contend.collect.containers import ContainerNames
-from contend.collect.procfs import parse_schedstat, read_pressure_file, read_small
+from contend.collect.procfs import HeldFiles, parse_schedstat, parse_stat, read_pressure_file
 from contend.collect.sched_accounting import SchedAccounting
 from contend.model import CgroupSample, GroupNames, MachineSample, TaskCounters
 
@@ -39,7 +39,7 @@ REFRESH = 5
 class _Process:
     group: TaskGroup
     comm: str
-    tids: list[str]
+    tasks: list[tuple[int, str]]  # (tid, its schedstat's path)
 
 
 class MachineReader:
@@ -66,6 +66,9 @@ class MachineReader:
         self._by_text: dict[str, TaskGroup | None] = {}
         self._processes: dict[tuple[int, int], _Process] = {}
         self._limits: dict[str, GroupLimits] = {}
+        # schedstat, cgroup, stat, cpu.stat and cpu.pressure stay open between readings
+        # (one pread each); those read every REFRESH readings are kept that long.
+        self.files = HeldFiles(idle_sweeps=REFRESH + 1)
         self.readings = 0
 
     def _group_of(self, text: str) -> TaskGroup | None:
@@ -86,6 +89,11 @@ class MachineReader:
         comms: dict[int, str] = {}
         self.readings += 1
         proc = str(self.proc)
+        read = self.files.read
+
+        def read_schedstat(path: str) -> tuple[int, int, int]:
+            return parse_schedstat(read(path))
+
         known: dict[tuple[int, int], _Process] = {}
         with os.scandir(proc) as entries:
             for entry in entries:
@@ -99,25 +107,27 @@ class MachineReader:
                 cached = self._processes.get(key)
                 try:
                     if cached is None or (self.readings + pid) % REFRESH == 0:
-                        group = self._group_of(read_small(f"{base}/cgroup"))
+                        group = self._group_of(read(f"{base}/cgroup"))
                         if group is None:
                             continue  # a kernel without a hierarchy contend reads
+                        # stat has the name and the thread count: a process of one
+                        # thread needs no listing of its task/ (a costly readdir of /proc).
+                        stat = parse_stat(read(f"{base}/stat"))
+                        tids = os.listdir(f"{base}/task") if stat.threads > 1 else [entry.name]
                         cached = _Process(
                             group,
-                            read_small(f"{base}/comm").rstrip("\n"),
-                            os.listdir(f"{base}/task"),
+                            stat.comm,
+                            [(int(tid), f"{base}/task/{tid}/schedstat") for tid in tids],
                         )
-                except OSError:
+                except (OSError, ValueError):
                     continue  # gone
                 mine = []
-                for tid in cached.tids:
+                for tid, path in cached.tasks:
                     try:
-                        run, wait, slices = parse_schedstat(
-                            read_small(f"{base}/task/{tid}/schedstat")
-                        )
+                        run, wait, slices = read_schedstat(path)
                     except (OSError, ValueError):
                         continue  # the thread ended, or schedstat is off
-                    mine.append(TaskCounters(pid, int(tid), run, wait, slices))
+                    mine.append(TaskCounters(pid, tid, run, wait, slices))
                 if mine:
                     known[key] = cached
                     self._groups.setdefault(cached.group.path, cached.group)
@@ -133,24 +143,30 @@ class MachineReader:
             limits = self._limits.get(path)
             if limits is None or (self.readings + hash(path)) % REFRESH == 0:
                 limits = self._limits[path] = group_limits(group, self.layout)
-            groups[path] = sample_group(group, self.layout, now, limits)
+            groups[path] = sample_group(group, self.layout, now, limits, self.files.read)
         self._limits = {p: lim for p, lim in self._limits.items() if p in groups}
         # Groups that emptied are forgotten (a new group of that path is found afresh).
         self._groups = {p: g for p, g in self._groups.items() if p in groups}
         self._by_text = {t: g for t, g in self._by_text.items() if g is None or g.path in groups}
         self._names = {p: self._names.get(p) or self._name(p) for p in groups}
+        psi = read_pressure_file(f"{proc}/pressure/cpu", self.files.read)
+        self.files.sweep()  # the files of tasks and groups that ended
         return MachineSample(
             t_ns=now,
             tasks=tuple(tasks),
             cgroup_of=cgroup_of,
             comms=comms,
             groups=groups,
-            psi=read_pressure_file(self.proc / "pressure" / "cpu"),
+            psi=psi,
             own_cpu_ns=time.process_time_ns() + self._tracer_cpu_ns(),
             read_ns=time.monotonic_ns() - start,
             names=dict(self._names),
             sched=sched,
         )
+
+    def close(self) -> None:
+        """Closes the files held between readings (a later `read` opens them again)."""
+        self.files.close()
 
     def _name(self, path: str) -> GroupNames:
         names = names_in_path(path)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from contend.collect.procfs import read_cpu_stat_file, read_pressure_file, read_small
+from contend.collect.procfs import Read, read_cpu_stat_file, read_pressure_file, read_small
 from contend.model import CgroupCpuStat, CgroupSample, GroupNames, Pressure
 
 # The v1 controllers contend uses: cpu (CFS bandwidth: cfs_quota_us/cfs_period_us,
@@ -134,16 +134,17 @@ def detect_layout(mountinfo: str | None = None) -> CgroupLayout:
 # --- reading a group's counters -----------------------------------------------------------
 
 
-def cpu_stat(group_dirs: dict[str, Path]) -> CgroupCpuStat | None:
+def cpu_stat(group_dirs: dict[str, Path], read: Read = read_small) -> CgroupCpuStat | None:
     """Bandwidth counters of a group, from the hierarchy that holds the cpu controller.
 
-    `group_dirs` maps "cpu" and/or "unified" to the group's directories.
+    `group_dirs` maps "cpu" and/or "unified" to the group's directories; `read` reads a
+    file (a HeldFiles' for readers that come back every second).
     """
     stat = None
     if "cpu" in group_dirs:
-        stat = read_cpu_stat_file(group_dirs["cpu"] / "cpu.stat")
+        stat = read_cpu_stat_file(f"{group_dirs['cpu']}/cpu.stat", read)
     if "unified" in group_dirs:
-        unified = read_cpu_stat_file(group_dirs["unified"] / "cpu.stat")
+        unified = read_cpu_stat_file(f"{group_dirs['unified']}/cpu.stat", read)
         if stat is None:
             return unified
         if unified is not None and stat.usage_ns is None:
@@ -158,11 +159,11 @@ def cpu_stat(group_dirs: dict[str, Path]) -> CgroupCpuStat | None:
     return stat
 
 
-def cpu_pressure(group_dirs: dict[str, Path]) -> Pressure | None:
+def cpu_pressure(group_dirs: dict[str, Path], read: Read = read_small) -> Pressure | None:
     """A group's CPU PSI: only cgroup2 trees have cpu.pressure (also without the cpu
     controller, Documentation/accounting/psi.rst "Cgroup2 interface")."""
     if "unified" in group_dirs:
-        return read_pressure_file(group_dirs["unified"] / "cpu.pressure")
+        return read_pressure_file(f"{group_dirs['unified']}/cpu.pressure", read)
     return None
 
 
@@ -326,24 +327,28 @@ def group_limits(group: TaskGroup, layout: CgroupLayout) -> GroupLimits:
 
 
 def sample_group(
-    group: TaskGroup, layout: CgroupLayout, t_ns: int, limits: GroupLimits | None = None
+    group: TaskGroup,
+    layout: CgroupLayout,
+    t_ns: int,
+    limits: GroupLimits | None = None,
+    read: Read = read_small,
 ) -> CgroupSample:
     """A group's counters, PSI and quota now (the tightest of it and its ancestors);
     `limits` as read before, if the caller keeps them."""
     limits = limits or group_limits(group, layout)
-    stat = cpu_stat(group.dirs)
+    stat = cpu_stat(group.dirs, read)
     if limits.limiting_dir is not None and stat is not None:
         # Throttling is counted in the group whose quota ran out (its cfs_rq is the one
         # throttled, kernel/sched/fair.c throttle_cfs_rq), not in its children: read it
         # there, with this group's own usage.
-        limiting = read_cpu_stat_file(limits.limiting_dir / "cpu.stat")
+        limiting = read_cpu_stat_file(f"{limits.limiting_dir}/cpu.stat", read)
         if limiting is not None:
             stat = replace(limiting, usage_ns=stat.usage_ns)
     return CgroupSample(
         path=group.path,
         t_ns=t_ns,
         cpu=stat,
-        pressure=cpu_pressure(group.dirs),
+        pressure=cpu_pressure(group.dirs, read),
         quota_us=limits.quota_us,
         period_us=limits.period_us,
         quota_from=limits.quota_from,

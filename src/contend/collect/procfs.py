@@ -8,7 +8,8 @@ A process or thread that vanishes between two reads yields None, never an except
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import resource
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class StatFields:
     utime_ticks: int
     stime_ticks: int
     start_ticks: int
+    threads: int = 1
 
 
 def parse_stat(text: str) -> StatFields:
@@ -39,7 +41,8 @@ def parse_stat(text: str) -> StatFields:
 
     `comm` is printed inside parentheses and may itself contain spaces, parentheses and
     newlines, so it runs from the first '(' to the LAST ')'. Fields after it are
-    space-separated: state(3) ppid(4) ... utime(14) stime(15) ... starttime(22).
+    space-separated: state(3) ppid(4) ... utime(14) stime(15) ... num_threads(20)
+    ... starttime(22).
     """
     open_paren = text.index("(")
     close_paren = text.rindex(")")
@@ -53,6 +56,7 @@ def parse_stat(text: str) -> StatFields:
         utime_ticks=int(rest[11]),
         stime_ticks=int(rest[12]),
         start_ticks=int(rest[19]),
+        threads=int(rest[17]),
     )
 
 
@@ -121,11 +125,15 @@ def parse_cpu_stat(text: str) -> CgroupCpuStat:
     usage_usec, ..., nr_periods, nr_throttled, throttled_usec. A v2 group without the cpu
     controller (the hybrid layout's unified tree) has only the usage lines: periods are 0.
     """
-    values = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            values[parts[0]] = int(parts[1])
+    words = text.split()
+    if len(words) == 2 * text.count("\n"):  # every line `name value`: the kernel's layout
+        values = dict(zip(words[::2], map(int, words[1::2]), strict=True))
+    else:
+        values = {}
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                values[parts[0]] = int(parts[1])
     if "throttled_time" in values:
         throttled_ns = values["throttled_time"]
     else:
@@ -316,15 +324,86 @@ def read_small(path: str | os.PathLike[str]) -> str:
         os.close(fd)
 
 
-def read_pressure_file(path: str | os.PathLike[str]) -> Pressure | None:
+Read = Callable[[str], str]
+
+
+class HeldFiles:
+    """Small kernel files kept open between readings, for readers that read the same
+    thousands of files every second (`top`, the exporter).
+
+    /proc/PID/schedstat, cpu.stat and cpu.pressure are seq_files: a read at offset 0
+    makes their text anew (fs/seq_file.c seq_read_iter restarts at pos 0), so `pread(fd,
+    0)` on a held descriptor gives the current counters for one syscall instead of three
+    (measured here: 0.95 us against 5.0 us for open, read, close). A held descriptor
+    stays bound to the task or group it was opened on: once that ends, its reads fail
+    (ESRCH, ENODEV), and the path is opened afresh, so a reused tid or a group made anew
+    under the same path is read as itself. At most `budget` files are held (beside the
+    process's other descriptors, under RLIMIT_NOFILE, which is left as it is); past it,
+    files are opened and closed as `read_small` does. `sweep()` closes the files that
+    were not read in the last `idle_sweeps` sweeps (a reader that reads some files only
+    every few readings keeps them)."""
+
+    def __init__(self, budget: int | None = None, idle_sweeps: int = 1) -> None:
+        if budget is None:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            budget = 1 << 16 if soft == resource.RLIM_INFINITY else min(soft, 1 << 16)
+            budget = max(budget - 256, 0)  # room for the process's own descriptors
+        self.budget = budget
+        self.idle_sweeps = idle_sweeps
+        self._fds: dict[str, int] = {}
+        self._last: dict[str, int] = {}  # path -> the sweep count when it was last read
+        self._sweeps = 0
+
+    def read(self, path: str) -> str:
+        fd = self._fds.get(path)
+        if fd is not None:
+            self._last[path] = self._sweeps
+            try:
+                return os.pread(fd, 65536, 0).decode()
+            except OSError:
+                del self._fds[path], self._last[path]
+                os.close(fd)  # its task or group ended: the path may hold another now
+        if len(self._fds) >= self.budget:
+            return read_small(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.pread(fd, 65536, 0).decode()
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fds[path] = fd
+        self._last[path] = self._sweeps
+        return text
+
+    def sweep(self) -> None:
+        for path in [p for p, n in self._last.items() if self._sweeps - n >= self.idle_sweeps]:
+            del self._last[path]
+            fd = self._fds.pop(path, None)
+            if fd is not None:
+                os.close(fd)
+        self._sweeps += 1
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._last.clear()
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+
+def read_pressure_file(path: str | os.PathLike[str], read: Read = read_small) -> Pressure | None:
     try:
-        return parse_pressure(read_small(path))
+        return parse_pressure(read(str(path)))
     except (OSError, ValueError):
         return None
 
 
-def read_cpu_stat_file(path: str | os.PathLike[str]) -> CgroupCpuStat | None:
+def read_cpu_stat_file(
+    path: str | os.PathLike[str], read: Read = read_small
+) -> CgroupCpuStat | None:
     try:
-        return parse_cpu_stat(read_small(path))
+        return parse_cpu_stat(read(str(path)))
     except (OSError, ValueError):
         return None
