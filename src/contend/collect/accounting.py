@@ -2,8 +2,8 @@
 every thread's scheduler counters and every cgroup that holds a process.
 
 Unprivileged: /proc/PID/task/TID/schedstat (on-CPU ns, run-queue wait ns, slices;
-Documentation/scheduler/sched-stats.rst), /proc/PID/cgroup, and each group's cpu.stat,
-cpu.pressure and quota files (collect/cgroups.py). Processes of other users are read as
+Documentation/scheduler/sched-stats.rst), /proc/PID/cgroup and stat (name, thread
+count), and each group's cpu.stat, cpu.pressure and quota files (collect/cgroups.py). Processes of other users are read as
 far as /proc lets; a task that ends while it is read is simply not in the sample.
 """
 
@@ -90,10 +90,6 @@ class MachineReader:
         self.readings += 1
         proc = str(self.proc)
         read = self.files.read
-
-        def read_schedstat(path: str) -> tuple[int, int, int]:
-            return parse_schedstat(read(path))
-
         known: dict[tuple[int, int], _Process] = {}
         with os.scandir(proc) as entries:
             for entry in entries:
@@ -124,7 +120,7 @@ class MachineReader:
                 mine = []
                 for tid, path in cached.tasks:
                     try:
-                        run, wait, slices = read_schedstat(path)
+                        run, wait, slices = parse_schedstat(read(path))
                     except (OSError, ValueError):
                         continue  # the thread ended, or schedstat is off
                     mine.append(TaskCounters(pid, tid, run, wait, slices))
