@@ -401,9 +401,10 @@ EVENTFUL = """
 import os, time
 for _ in range(7):
     os.write(1, b"hello\\n")
-    t = time.time()
-    while time.time() - t < 0.15:
-        pass
+    t = time.thread_time()  # a syscall: asked every ~0.5 ms, not in a storm
+    while time.thread_time() - t < 0.15:  # 150 ms of CPU, however busy the machine is
+        for _ in range(20000):
+            pass
     time.sleep(0.05)
 if os.fork() == 0:
     os._exit(3)
@@ -442,11 +443,17 @@ def test_events_and_interval_on_both_backends(root: None) -> None:
         off = [int(line.split("after ")[1].split()[0]) for line in lines if "off CPU after" in line]
         # Every slice that ended has its on line; 7 busy stretches of 150 ms each.
         assert on >= len(off) >= 7 and sum(off) >= 7 * 0.15e9 * 0.9, backend
+        started = time.monotonic()
         out, _ = _eventful(backend, "--interval", "0.4")
+        elapsed = time.monotonic() - started
         summaries = out.count("(cumulative) ---")
-        # tracefs: from the release of the command (1.4 s); bpftrace's interval probe also
-        # fires while its other probes attach.
-        assert summaries >= 2 and (backend == "bpftrace" or summaries <= 4), (backend, summaries)
+        # tracefs: one every 0.4 s from the release of the command (>= 1.4 s of it), so no
+        # more than the whole run (start-up included) has room for; bpftrace's interval probe
+        # also fires while its other probes attach.
+        most = int(elapsed / 0.4) + 1
+        assert summaries >= 2 and (backend == "bpftrace" or summaries <= most), (
+            backend, summaries, elapsed,
+        )  # fmt: skip
         # The summary so far holds the writes made so far: the last one has most of them.
         last = out.rsplit("(cumulative) ---", 1)[1]
         assert "write" in last.split("=== I/O Operations Summary ===")[1], backend
@@ -456,9 +463,10 @@ LATE = """
 import os, sys, time
 for _ in range(int(sys.argv[1])):
     os.getsid(0)
-t = time.time()
-while time.time() - t < 0.2:
-    pass
+t = time.thread_time()
+while time.thread_time() - t < 0.2:  # 200 ms of CPU
+    for _ in range(20000):
+        pass
 """
 
 
@@ -606,14 +614,14 @@ def test_longest_waits_name_who_held_the_cpu(root: None, tmp_path: Path) -> None
     waits = [w["wait_ns"] for w in longest]
     assert waits == sorted(waits, reverse=True) and waits[0] >= 1_000_000  # >= 1 ms slices
     for w in longest:
-        assert w["tid"] == procs[0].pid and w["cpu"] == 0
+        assert w["tid"] == procs[0].pid and w["cpu"] == cpu
         assert sum(o["ns"] for o in w["ran"]) == pytest.approx(w["wait_ns"], rel=0.02)
     doc = json.loads(trace.read_text())
     per_tid = check_trace_format(doc)
-    cpu0 = [
+    other = [
         e for e in doc["traceEvents"] if e["ph"] == "X" and e["args"].get("tid") == procs[1].pid
     ]
-    assert cpu0 and procs[1].pid not in per_tid  # the other loop shows on the CPU track only
+    assert other and procs[1].pid not in per_tid  # the other loop shows on the CPU track only
 
 
 # --- session files: record now, report later --------------------------------------------
