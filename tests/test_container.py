@@ -609,9 +609,10 @@ def test_diagnose_names_the_noise_and_the_quota(container: Running) -> None:
     # The noise is one of the neighbours (the machine's other tasks, contend's own
     # sampling among them, may be others), in the container.
     noise = [c for c in one["causes"] if c["kind"] == "neighbour" and "contend-noise" in c["comms"]]
-    assert noise, one["causes"]
+    why = (one["causes"], one["notes"], one["sources"])
+    assert noise, why
     assert noise[0]["cgroup"] and "container" in noise[0]["cgroup"], noise
-    assert "quota" in kinds, one["causes"]
+    assert "quota" in kinds, why
     limited = [c for c in one["cgroups"] if c["quota_cpus"] is not None]
     assert [c["quota_cpus"] for c in limited] == [pytest.approx(0.5)]
     assert whole["verdict"]["contention"] is True

@@ -402,13 +402,21 @@ def test_a_quota_and_a_pinned_pair_against_the_kernels_counters(
     lim = _path_of(limited)
     periods = inc("contend_cgroup_cpu_periods_total", lim)
     throttled = inc("contend_cgroup_cpu_throttled_periods_total", lim)
-    assert periods >= 30 and throttled / periods >= 0.9, (periods, throttled)
+    # Demand of 2 CPUs against 0.5: throttled in most periods. Not in all: a period where
+    # the machine's other work (bpftrace's probes, a neighbour) kept the loops off both
+    # CPUs for half of it ends unthrottled (CI saw 33 of 41). The exporter's ratio is the
+    # kernel's, over about the same window.
+    kernel_throttled = (stat1.nr_throttled - stat0.nr_throttled) / (
+        stat1.nr_periods - stat0.nr_periods
+    )
+    assert periods >= 30 and throttled / periods >= 0.5, (periods, throttled)
+    assert throttled / periods == pytest.approx(kernel_throttled, abs=0.15)
     assert last[("contend_cgroup_cpu_quota_cpus", lim)] == 0.5
     # Its use is the quota's: 0.5 CPU-s per second, a second being 10 of its 100 ms
     # periods (always runnable, a period elapses every 100 ms).
     usage = inc("contend_cgroup_cpu_usage_seconds_total", lim)
-    assert usage / (periods * 0.1) == pytest.approx(0.5, rel=0.1)
-    assert (stat1.nr_throttled - stat0.nr_throttled) / (stat1.nr_periods - stat0.nr_periods) >= 0.9
+    # At most the quota; at least the quota in each throttled period.
+    assert 0.95 * 0.5 * throttled / periods <= usage / (periods * 0.1) <= 0.55, usage
     # The victim waited about as long as it ran (the hog had the CPU the rest): its
     # group's wait/run is schedstat's, and its verdict is starved, by the run queue.
     vic = _path_of(v_box)

@@ -1172,3 +1172,75 @@ class TaskRow:
     wait_to_run: float | None
     severity: str
     top_holder: str | None  # "comm (PID n)", "idle", "unknown"; None without root
+
+
+# --- contend advise (schema contend.advice/1) ---------------------------------------------
+
+# Changelog: contend.advice/1 (0.4.0): first version; see README "advise".
+SCHEMA_ADVICE = "contend.advice/1"
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadDemand:
+    """One thread's demand for a CPU, from a recording: each time it wanted one (woke, or
+    was born runnable), when that was and how much CPU it then used before it slept."""
+
+    tid: int
+    pid: int
+    comm: str
+    arrivals_ns: tuple[int, ...]  # from the start of the window
+    work_ns: tuple[int, ...]  # CPU time of each
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """A group's demand: its threads', over a window, on a machine of `cpus` CPUs."""
+
+    target: str
+    window_ns: int
+    cpus: int
+    threads: tuple[ThreadDemand, ...]
+    # CLOCK_MONOTONIC at the window's start: a group's periods fall on multiples of the
+    # period of that clock (its timer is forwarded from 0 by whole periods).
+    start_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    quota_cpus: float | None  # None: unlimited, the baseline the delays are measured from
+    burst_cpus: float | None
+    periods: int
+    throttled_periods: int
+    throttled_periods_ratio: float | None
+    throttled_s: float  # summed over CPUs, as cpu.stat's throttled time
+    delay_per_cpu_s: float  # added completion delay per CPU-second of work
+    latency_ms: dict[str, float] | None = None  # {p50, p95} where requests were recorded
+
+
+@dataclass(frozen=True, slots=True)
+class DemandSummary:
+    mean_cpus: float
+    p95_cpus_per_period: float
+    max_parallel: int
+    work_s: float
+    bursts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Advice:
+    target: str
+    duration_s: float
+    period_us: int
+    slice_us: int
+    cpus: int
+    slo_throttled: float
+    demand: DemandSummary
+    predictions: tuple[Prediction, ...]
+    recommended_quota_cpus: float | None  # None: no quota up to the machine's CPUs meets it
+    margin: str
+    assumptions: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # about the recording (events lost)
+    schema: str = SCHEMA_ADVICE
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -15,6 +15,7 @@ import click
 
 from contend import __version__
 from contend.cli import (
+    advise,
     compare,
     diagnose,
     doctor,
@@ -53,6 +54,7 @@ cli.add_command(session.record)
 cli.add_command(session.report)
 cli.add_command(exporter.command)
 cli.add_command(top.command)
+cli.add_command(advise.command)
 
 
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:

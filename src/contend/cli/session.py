@@ -16,10 +16,10 @@ from contend.errors import UsageError
 from contend.monitors import MONITORS, TraceOptions
 from contend.monitors import session as sessions
 from contend.monitors.diagnose import Watch, observation_of_session, resolve_holders
-from contend.monitors.tracefs_trace import check_available, run_tracefs
+from contend.monitors.tracefs_trace import TracefsRun, check_available, run_tracefs
 from contend.render import html as render_html
 from contend.render import perfetto
-from contend.target import parse_duration, parse_positive_int
+from contend.target import Target, parse_duration, parse_positive_int
 
 
 @click.command("record")
@@ -54,10 +54,28 @@ def record(
         pages = parse_positive_int("--buffer-pages", buffer_pages, 1, 65536)
         if pages & (pages - 1):
             raise UsageError(f"--buffer-pages: {pages} is not a power of 2")
+    run = record_run(target, seconds, pages)
+    sessions.save(run, out)
+    r = run.result
+    click.echo(
+        f"contend record: {r.overhead.events} events of {r.target} in {r.duration_s:.2f} s, "
+        f"{r.lost_events} lost -> {out}"
+    )
+    return r.exit_status if r.exit_status is not None else 0
+
+
+def record_run(
+    target: Target,
+    seconds: float | None,
+    pages: int | None = None,
+    monitors: tuple[str, ...] = MONITORS,
+) -> TracefsRun:
+    """A tracefs run of `monitors` (record: every one) with what `diagnose` reads around
+    it (the window, cgroups, samples), as `record` saves it and `advise` uses it."""
     check_available()
     watch = Watch(target, ProcFS(), detect_layout())
     opts = TraceOptions(
-        MONITORS,
+        monitors,
         target,
         seconds,
         buffer_pages=pages,
@@ -70,13 +88,7 @@ def record(
         watch.stopping()
     watch.attach(run)
     resolve_holders(run)  # while they live: the file names them as diagnose did
-    sessions.save(run, out)
-    r = run.result
-    click.echo(
-        f"contend record: {r.overhead.events} events of {r.target} in {r.duration_s:.2f} s, "
-        f"{r.lost_events} lost -> {out}"
-    )
-    return r.exit_status if r.exit_status is not None else 0
+    return run
 
 
 @click.command("report")

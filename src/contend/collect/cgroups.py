@@ -367,3 +367,17 @@ def read_burst(cpu_dir: Path) -> int | None:
         except (OSError, ValueError):
             return None
     return None
+
+
+# Documentation/scheduler/sched-bwc.rst: "the amount of run-time ... transferred each time
+# a cfs_rq requests quota" (default 5 ms), /proc/sys/kernel/sched_cfs_bandwidth_slice_us.
+BANDWIDTH_SLICE = Path("/proc/sys/kernel/sched_cfs_bandwidth_slice_us")
+
+
+def bandwidth_slice_us(default: int = 5000) -> int:
+    """This machine's CFS bandwidth slice in microseconds (the default where unreadable)."""
+    try:
+        value = int(BANDWIDTH_SLICE.read_text().strip())
+    except (OSError, ValueError):
+        return default
+    return value if value > 0 else default

@@ -334,6 +334,11 @@ def observe(
         times = breakdown.sched_times(out)
         if times is not None:
             times = _resolve_holders(times, fs, watch.observer_tids)
+        else:
+            notes.append(
+                "bpftrace printed no scheduling maps: running and runnable time from "
+                "schedstat, who held the CPU unknown"
+            )
         rows = tuple(r for r in result.syscalls)
         lost = result.lost_events
         overhead = result.overhead
