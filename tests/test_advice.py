@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from conftest import contend_command
-from contend.analysis.advice import advise, simulate
+from contend.analysis.advice import advise, request_latencies, simulate
 from contend.model import Demand, ThreadDemand
 
 MS = 1_000_000
@@ -98,6 +98,23 @@ def test_a_demand_of_every_cpu_needs_them_all() -> None:
     # Three threads of demand on two CPUs: only the whole machine is never throttled.
     assert advice.recommended_quota_cpus == 2.0
     assert advice.predictions[-1].throttled_periods == 0
+
+
+def test_a_request_throttled_mid_computation_waits_for_the_next_period() -> None:
+    """A request computing 30 ms from t = 10 ms, answered by another thread (the event
+    loop) 1 ms after: at 0.2 CPU it runs 20 ms, waits for the period to end at 100 ms,
+    runs 10 ms more: 70 ms later than unlimited. A request with no demand in it keeps
+    its latency; at 0.5 nothing is late."""
+    d = demand([(10, 30)], [(41, 0.1)], window_ms=300)
+    base = simulate(d, None)
+    at = request_latencies(d, [(10 * MS, 32 * MS), (200 * MS, 5 * MS)], [simulate(d, 0.2)], base)
+    assert at == [pytest.approx(102, abs=0.2), 5]
+    assert request_latencies(d, [(10 * MS, 32 * MS)], [simulate(d, 0.5)], base) == [32]
+    advice = advise(d, (0.2,), requests=[(10 * MS, 32 * MS)])
+    latency = {p.quota_cpus: p.latency_ms for p in advice.predictions}
+    assert latency[None] == {"p50": 32, "p95": 32}
+    # Over the four grids: throttled on all but the one whose period ends at 25 ms.
+    assert latency[0.2] is not None and latency[0.2]["p95"] > 60
 
 
 @pytest.mark.parametrize(

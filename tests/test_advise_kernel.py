@@ -183,3 +183,43 @@ def test_burst_throttles_less_than_the_same_quota_without(root: None, tmp_path: 
     assert measured_without == pytest.approx(on_grid, abs=0.10), (on_grid, measured_without)
     on_grid = _on_grid(tmp_path, 0.1, burst_cpus=0.1)
     assert measured_with == pytest.approx(on_grid, abs=0.10), (on_grid, measured_with)
+
+
+def test_the_lab_checks_its_own_advice(root: None, tmp_path: Path) -> None:
+    """`contend lab --verify-advice 0.3,0.6`: the app recorded unlimited under its
+    calibrated load (0.2 CPU), advised, then run at 0.3, 0.6 and the recommended quota.
+
+    Asserted: what the kernel guarantees beside what the model says. At 0.6 (three times
+    the demand) neither predicted nor measured throttles, and the predicted p50 is the
+    measured one within 30%; at 0.3 (its requests need 34 ms of CPU, a period holds 30)
+    both throttle, the measured p95 is above the 0.6 arm's and the prediction's above the
+    recording's. Not asserted: p95 within 30% at 0.3 and 0.6, which this app's own
+    arm-to-arm variance breaks (the README and the issue's note give the figures)."""
+    out = tmp_path / "check.json"
+    done = subprocess.run(
+        [*contend_command(), "lab", "--verify-advice", "0.3,0.6", "--duration", "10",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    check = json.loads(out.read_text())
+    assert check["schema"] == "contend.advice-check/1"
+    advice = check["advice"]
+    predicted = {p["quota_cpus"]: p for p in advice["predictions"]}
+    measured = {m["quota_cpus"]: m for m in check["measured"]}
+    recommended = advice["recommended_quota_cpus"]
+    assert set(measured) == {0.3, 0.6, recommended}
+    assert 0.3 <= recommended <= 0.6, recommended
+    # The calibrated load: 40% of the lab's 0.5 CPU.
+    assert advice["demand"]["mean_cpus"] == pytest.approx(0.2, abs=0.06)
+    for m in measured.values():
+        assert m["errors"] == 0 and m["requests"] == int(check["rate_per_s"] * 10), m
+    assert predicted[0.6]["throttled_periods_ratio"] <= 0.05
+    assert measured[0.6]["throttled_periods_ratio"] <= 0.05
+    p50 = predicted[0.6]["latency_ms"]["p50"]
+    assert p50 == pytest.approx(measured[0.6]["latency_ms"]["p50"], rel=0.30)
+    assert predicted[0.3]["throttled_periods_ratio"] >= 0.2
+    assert measured[0.3]["throttled_periods_ratio"] >= 0.2
+    assert measured[0.3]["latency_ms"]["p95"] > measured[0.6]["latency_ms"]["p95"]
+    assert predicted[0.3]["latency_ms"]["p95"] > check["recorded_latency_ms"]["p95"]
+    assert "p95 latency ms" in done.stdout and "measured" in done.stdout

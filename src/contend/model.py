@@ -1244,3 +1244,36 @@ class Advice:
 
     def to_json_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+SCHEMA_ADVICE_CHECK = "contend.advice-check/1"
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredQuota:
+    """What the kernel did to the lab's app at one quota (`contend lab --verify-advice`):
+    its group's cpu.stat over the arm, and the load's latency (answered requests)."""
+
+    quota_cpus: float
+    periods: int
+    throttled_periods: int
+    throttled_periods_ratio: float | None
+    latency_ms: dict[str, float] | None
+    requests: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class AdviceCheck:
+    """The lab's advice, from a recording of its app unlimited under load, beside what
+    arms at those quotas then measured."""
+
+    advice: Advice
+    measured: tuple[MeasuredQuota, ...]
+    rate_per_s: float
+    duration_s: float
+    recorded_latency_ms: dict[str, float] | None
+    schema: str = SCHEMA_ADVICE_CHECK
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -23,10 +23,13 @@ be done; runtime is charged every `STEP_NS` (the kernel charges at ticks and swi
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from contend.analysis.metrics import percentile
 from contend.model import Advice, Demand, DemandSummary, Prediction
 
 STEP_NS = 100_000  # 100 us: a thousandth of the default period
@@ -279,8 +282,55 @@ def _delay(run: _Run, base: _Run) -> int:
     )
 
 
+# The client reads an answer this long after the demand that wrote it ended, at most.
+ANSWER_SLACK_NS = 1_000_000
+
+
+def request_latencies(
+    demand: Demand, requests: Sequence[tuple[int, int]], runs: list[_Run], base: _Run
+) -> list[float]:
+    """Each request's latency (ms) under the quota of `runs`, at each of their grids: as
+    recorded, plus the most by which the simulation finished later a demand of the group
+    that ended while the request was open (`requests`: (start, latency) in ns of
+    CLOCK_MONOTONIC, as the load generator stamped them). The most, not the last: the
+    thread that writes the answer (a server's event loop) waits for the one that computed
+    it, a dependency the demand does not hold. A request with no demand of the group in
+    it keeps its latency."""
+    ends: list[tuple[int, int, int]] = []  # (base finish, thread, index)
+    for i, finishes in enumerate(base.finish_ns):
+        ends += [(f, i, k) for k, f in enumerate(finishes)]
+    ends.sort()
+    keys = [e[0] for e in ends]
+    out: list[float] = []
+    for run in runs:
+        horizon = max((f for t in run.finish_ns for f in t), default=0)
+        for start, latency in requests:
+            lo = start - demand.start_ns
+            hi = lo + latency + ANSWER_SLACK_NS
+            shift = 0
+            for j in range(bisect.bisect_left(keys, lo), bisect.bisect_right(keys, hi)):
+                f, i, k = ends[j]
+                mine = run.finish_ns[i]
+                # Not done within the simulation's horizon: at least until it stopped.
+                done = mine[k] if k < len(mine) else max(horizon, f)
+                shift = max(shift, done - f)
+            out.append((latency + shift) / 1e6)
+    return out
+
+
+def _latency(values: list[float]) -> dict[str, float] | None:
+    ordered = sorted(values)
+    p50, p95 = percentile(ordered, 50), percentile(ordered, 95)
+    return {"p50": p50, "p95": p95} if p50 is not None and p95 is not None else None
+
+
 def _prediction(
-    quota: float | None, burst: float | None, runs: list[_Run], base: _Run, work_ns: int
+    quota: float | None,
+    burst: float | None,
+    runs: list[_Run],
+    base: _Run,
+    work_ns: int,
+    latency_ms: dict[str, float] | None = None,
 ) -> Prediction:
     """One quota's prediction, over its runs at each phase: the throttled ratio of all
     their periods together; counts, times and delays their means."""
@@ -296,6 +346,7 @@ def _prediction(
         throttled_periods_ratio=throttled / periods if quota is not None and periods else None,
         throttled_s=sum(r.throttled_ns for r in runs) / n / 1e9,
         delay_per_cpu_s=delay / work_ns if work_ns else 0.0,
+        latency_ms=latency_ms,
     )
 
 
@@ -308,10 +359,12 @@ def advise(
     slice_us: int = DEFAULT_SLICE_US,
     burst_cpus: float = 0.0,
     notes: tuple[str, ...] = (),
+    requests: Sequence[tuple[int, int]] = (),
 ) -> Advice:
     """Predictions at each quota asked (and unlimited), and the smallest quota on a
     0.05-CPU grid whose predicted throttled periods stay within `slo_throttled`; `notes`
-    (about the recording) are passed on."""
+    (about the recording) are passed on. With `requests` ((start, latency) ns, recorded
+    beside the demand), each prediction has their latency's p50 and p95 too."""
     work_ns = sum(sum(t.work_ns) for t in demand.threads)
     base = simulate(demand, None, period_us, slice_us)
     cache: dict[float, list[_Run]] = {}
@@ -344,9 +397,13 @@ def advise(
                 lo = mid + 1
         recommended = round(lo * GRID_CPUS, 2)
     burst = burst_cpus or None
-    predictions = [_prediction(None, None, [base], base, work_ns)]
+
+    def latency(runs: list[_Run]) -> dict[str, float] | None:
+        return _latency(request_latencies(demand, requests, runs, base)) if requests else None
+
+    predictions = [_prediction(None, None, [base], base, work_ns, latency([base]))]
     asked = sorted(set(quotas) | ({recommended} if recommended is not None else set()))
-    predictions += [_prediction(q, burst, at(q), base, work_ns) for q in asked]
+    predictions += [_prediction(q, burst, at(q), base, work_ns, latency(at(q))) for q in asked]
     if recommended is None:
         margin = f"no quota up to {demand.cpus} CPUs keeps throttling within the SLO"
     else:

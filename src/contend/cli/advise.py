@@ -26,16 +26,16 @@ DEFAULT_DURATION_S = 10.0
 _UNITS = {"us": 1, "ms": 1000, "s": 1_000_000}
 
 
-def parse_quotas(value: str) -> tuple[float, ...]:
+def parse_quotas(value: str, name: str = "--quota") -> tuple[float, ...]:
     """`0.2,0.3,0.5,1`: quotas in CPUs."""
     out = []
     for part in value.split(","):
         try:
             q = float(part)
         except ValueError:
-            raise UsageError(f"--quota: {part!r} is not a number of CPUs") from None
+            raise UsageError(f"{name}: {part!r} is not a number of CPUs") from None
         if not math.isfinite(q) or not 0.001 <= q <= 4096:
-            raise UsageError(f"--quota: {part!r} is out of range [0.001, 4096] CPUs")
+            raise UsageError(f"{name}: {part!r} is out of range [0.001, 4096] CPUs")
         out.append(q)
     return tuple(out)
 

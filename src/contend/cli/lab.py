@@ -8,16 +8,18 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from contend.cli.advise import parse_quotas
 from contend.cli.console import check_distinct, check_output_path, stdout_console, write_output
 from contend.collect import tracefs
 from contend.errors import PermissionNeeded, UsageError
 from contend.lab.app import DEFAULT_N, MAX_N
-from contend.lab.experiment import ARMS, LabOptions, run_lab
+from contend.lab.experiment import ARMS, LabOptions, check_advice, run_lab
 from contend.model import ArmTimeline, RequestSample
+from contend.render import advice_text, perfetto
 from contend.render import html as render_html
 from contend.render import json as render_json
-from contend.render import perfetto
 from contend.render import text as render_text
+from contend.render.json import dumps
 from contend.target import (
     parse_cpus,
     parse_duration,
@@ -118,6 +120,15 @@ class RichProgress:
     help="Write the lab's timeline (Chrome trace JSON for ui.perfetto.dev): every arm, the "
     "app's and the noise's threads on and off the CPU. Needs root.",
 )
+@click.option(
+    "--verify-advice",
+    "verify_quotas",
+    default=None,
+    metavar="QUOTAS",
+    help="Instead of the arms: record the app unlimited under load, advise (contend "
+    "advise), then run it at each of these quotas (e.g. 0.3,0.6) and the one recommended, "
+    "and print predicted beside measured.",
+)
 def command(
     cpus: str,
     memory: str,
@@ -134,6 +145,7 @@ def command(
     html_path: str | None,
     record_dir: str | None,
     perfetto_path: str | None,
+    verify_quotas: str | None,
 ) -> int:
     """Start the app and noise in a CPU-limited sandbox, load it, and say whether it is contended."""
     if engine is not None:
@@ -168,6 +180,8 @@ def command(
     if html_path is not None:
         check_output_path("--html", html_path)
     check_distinct([], {"--json": json_path, "--html": html_path, "--perfetto": perfetto_path})
+    if verify_quotas is not None:
+        return _verify_advice(options, verify_quotas, json_path, html_path, perfetto_path)
     stderr = Console(stderr=True)
     with Progress(
         TextColumn("{task.description:<28}"),
@@ -186,6 +200,42 @@ def command(
         write_output("--json", json_path, render_json.render_lab(result))
     if html_path is not None:
         write_output("--html", html_path, render_html.render([result]))
+    return 0
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+def _verify_advice(
+    options: LabOptions,
+    value: str,
+    json_path: str | None,
+    html_path: str | None,
+    perfetto_path: str | None,
+) -> int:
+    quotas = parse_quotas(value, "--verify-advice")
+    if not options.sandbox or options.engine is not None or options.recording:
+        raise UsageError("--verify-advice runs its own arms in the sandbox: drop --no-sandbox, "
+                         "--engine, --record and --perfetto")  # fmt: skip
+    if html_path is not None:
+        raise UsageError("--verify-advice writes text and --json, not --html")
+    del perfetto_path
+    ok, why = tracefs.available()
+    if not ok:
+        raise PermissionNeeded(f"--verify-advice records with tracefs: {why}")
+    with _progress_bar() as bar:
+        check = check_advice(options, quotas, RichProgress(bar))
+    click.echo(advice_text.render_check(check), nl=False)
+    if json_path is not None:
+        write_output("--json", json_path, dumps(check.to_json_dict()))
     return 0
 
 

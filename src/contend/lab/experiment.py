@@ -27,10 +27,13 @@ from typing import IO, Protocol
 
 import numpy as np
 
+from contend.analysis.advice import advise
 from contend.analysis.compare import compare_arms
 from contend.analysis.diagnosis import analyse_arm
+from contend.analysis.metrics import percentile
 from contend.analysis.verdict import reference_rows, separating_rows
 from contend.collect import bpftrace as bt
+from contend.collect.cgroups import bandwidth_slice_us
 from contend.collect.procfs import ProcFS, ProcGone
 from contend.collect.sampler import Sampler
 from contend.errors import ContendError
@@ -38,12 +41,14 @@ from contend.lab import app as app_module
 from contend.lab import load
 from contend.lab.sandbox import Limits, Sandbox
 from contend.model import (
+    AdviceCheck,
     ArmRecord,
     ArmTimeline,
     CgroupCpuStat,
     CpuSlice,
     LabConfig,
     LabResult,
+    MeasuredQuota,
     Pressure,
     RequestSample,
     SchedTimes,
@@ -51,6 +56,7 @@ from contend.model import (
 )
 from contend.monitors import TraceOptions, breakdown, build_program, syscalls, thread_owner
 from contend.monitors import session as sessions
+from contend.monitors.demand import demand_of
 from contend.monitors.tracefs_trace import Recorder, TracefsRun
 from contend.prctl import die_with_parent
 from contend.target import Target
@@ -424,6 +430,83 @@ class Lab:
             self.sandbox.set_limits(Limits(opts.cpus, opts.memory_bytes))
         return records, rate, cost_s
 
+    def check_advice(self, quotas: tuple[float, ...]) -> AdviceCheck:
+        """`contend lab --verify-advice`: the app alone and unlimited under the calibrated
+        load, recorded with tracefs (the scheduler's events); `advise` on that demand and
+        the load's requests; then an arm at each quota asked and the one recommended, each
+        measured by its group's cpu.stat and the load's latency."""
+        opts = self.options
+        self.sandbox = Sandbox(Limits(None, opts.memory_bytes)).open()
+        self.group = self.sandbox
+        self.progress.phase("starting app", None)
+        url = f"{self._start_app()}/compute?n={opts.compute_n}"
+        _, rate = self.request_rate(url)
+        self.pids()
+        app_pids = sorted(p for p, r in self.roles.items() if r == "app")
+        recorder = Recorder(("cpu",))
+        self._recorder = recorder
+        recorder.start(app_pids)
+        self.progress.phase("recording unlimited", max(int(rate * opts.duration_s), 1))
+        try:
+            requests = self._load(url, rate)
+            recorder.halt()
+            run = recorder.stop("lab app " + " ".join(map(str, app_pids)))
+        finally:
+            recorder.close()
+            self._recorder = None
+        answered = [(r.intended_ns, r.latency_ns) for r in requests if r.status == 200]
+        advice = advise(
+            demand_of(run),
+            quotas,
+            slice_us=bandwidth_slice_us(),
+            requests=answered,
+        )
+        recommended = advice.recommended_quota_cpus
+        asked = sorted(set(quotas) | ({recommended} if recommended is not None else set()))
+        measured = []
+        for q in asked:
+            self.sandbox.set_limits(Limits(q, opts.memory_bytes))
+            time.sleep(0.3)  # the quota's timer: a period, an idle one, then it stops
+            before = self.sandbox.cpu_stat()
+            self.progress.phase(f"quota {q:g}", max(int(rate * opts.duration_s), 1))
+            at = self._load(url, rate)
+            after = self.sandbox.cpu_stat()
+            periods = throttled = 0
+            if before is not None and after is not None:
+                periods = after.nr_periods - before.nr_periods
+                throttled = after.nr_throttled - before.nr_throttled
+            measured.append(
+                MeasuredQuota(
+                    quota_cpus=q,
+                    periods=periods,
+                    throttled_periods=throttled,
+                    throttled_periods_ratio=throttled / periods if periods else None,
+                    latency_ms=_latency_ms(at),
+                    requests=len(at),
+                    errors=sum(1 for r in at if r.status != 200),
+                )
+            )
+        return AdviceCheck(
+            advice=advice,
+            measured=tuple(measured),
+            rate_per_s=rate,
+            duration_s=opts.duration_s,
+            recorded_latency_ms=_latency_ms(requests),
+        )
+
+    def _load(self, url: str, rate: float) -> list[RequestSample]:
+        opts = self.options
+        return list(
+            load.run_load(
+                url,
+                rate,
+                opts.duration_s,
+                concurrency=opts.concurrency,
+                timeout_s=opts.request_timeout_s,
+                on_result=self.progress.request_done,
+            )
+        )
+
     def result(self, records: list[ArmRecord], rate: float, cost_s: float | None) -> LabResult:
         opts = self.options
         baseline = records[0]
@@ -498,6 +581,23 @@ def _waits(run: TracefsRun) -> tuple[CpuSlice, ...]:
         ]
     out.sort(key=lambda w: (w.start_ns, w.tid))
     return tuple(out)
+
+
+def _latency_ms(requests: list[RequestSample]) -> dict[str, float] | None:
+    ok = sorted(r.latency_ns / 1e6 for r in requests if r.status == 200)
+    p50, p95 = percentile(ok, 50), percentile(ok, 95)
+    return {"p50": p50, "p95": p95} if p50 is not None and p95 is not None else None
+
+
+def check_advice(
+    options: LabOptions, quotas: tuple[float, ...], progress: Progress | None = None
+) -> AdviceCheck:
+    """`contend lab --verify-advice`: see `Lab.check_advice`; everything stopped after."""
+    lab = Lab(options, progress)
+    try:
+        return lab.check_advice(quotas)
+    finally:
+        lab.close()
 
 
 def run_lab(

@@ -3,7 +3,7 @@ what the model leaves out."""
 
 from __future__ import annotations
 
-from contend.model import Advice, Prediction
+from contend.model import Advice, AdviceCheck, Prediction
 
 
 def _ratio(p: Prediction) -> str:
@@ -52,4 +52,40 @@ def render(advice: Advice) -> str:
     lines += [f"note: {n}" for n in advice.notes]
     lines.append("the model leaves out:")
     lines += [f"  - {a}" for a in advice.assumptions]
+    return "\n".join(lines) + "\n"
+
+
+def _ms(latency: dict[str, float] | None, key: str) -> str:
+    return "-" if latency is None else f"{latency[key]:.1f}"
+
+
+def _pct(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.1%}"
+
+
+def render_check(check: AdviceCheck) -> str:
+    """`contend lab --verify-advice`: the advice, then predicted beside measured."""
+    lines = [render(check.advice).rstrip("\n"), ""]
+    rec = check.recorded_latency_ms
+    lines.append(
+        f"verified: {check.duration_s:g} s of load at {check.rate_per_s:.1f} requests/s per "
+        f"quota; unlimited, as recorded: p50 {_ms(rec, 'p50')} ms, p95 {_ms(rec, 'p95')} ms"
+    )
+    lines.append(
+        f"{'quota':>6}  {'throttled periods':^19}  {'p50 latency ms':^17}  {'p95 latency ms':^17}"
+    )
+    lines.append(
+        f"{'CPUs':>6}  {'predicted':>9} {'measured':>9}  {'predicted':>9} {'measured':>7}  "
+        f"{'predicted':>9} {'measured':>7}"
+    )
+    predicted = {p.quota_cpus: p for p in check.advice.predictions}
+    for m in check.measured:
+        p = predicted.get(m.quota_cpus)
+        lines.append(
+            f"{m.quota_cpus:>6g}  {_pct(p.throttled_periods_ratio if p else None):>9} "
+            f"{_pct(m.throttled_periods_ratio):>9}  "
+            f"{_ms(p.latency_ms if p else None, 'p50'):>9} {_ms(m.latency_ms, 'p50'):>7}  "
+            f"{_ms(p.latency_ms if p else None, 'p95'):>9} {_ms(m.latency_ms, 'p95'):>7}"
+            + (f"  ({m.errors} of {m.requests} failed)" if m.errors else "")
+        )
     return "\n".join(lines) + "\n"
