@@ -333,11 +333,34 @@ def test_a_bpftrace_that_does_not_end_in_time_is_killed_and_said(kernel_tracing:
     tracer.start()
     pid = tracer.pid
     assert pid is not None and tracer.output.attached_probes == 2
-    out = tracer.stop(timeout_s=0.001)
-    assert out.killed_after_s == 0.001 and tracer.proc is not None
+    out = tracer.stop(timeout_s=0.001, working_cap_s=0.001)
+    assert out.killed_after_s is not None and out.killed_after_s < 1 and tracer.proc is not None
     assert tracer.proc.returncode == -signal.SIGKILL
     assert "@n" not in out.maps  # what it prints at its exit never came
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_bpftrace_given_time_while_it_works_is_killed_once_it_hangs(
+    kernel_tracing: None,
+) -> None:
+    """A stopped bpftrace (SIGSTOP: it uses no CPU) is killed at `timeout_s`, not kept
+    for the `working_cap_s` a still-working one gets; a working one that needs more than
+    `timeout_s` to detach and print is given it, and its maps come."""
+    program = ('BEGIN { printf("contend-ready\\n"); }\n'
+               "tracepoint:raw_syscalls:sys_enter { @n = count(); }\n")  # fmt: skip
+    hung = bt.Bpftrace(program)
+    hung.start()
+    assert hung.pid is not None
+    os.kill(hung.pid, signal.SIGSTOP)
+    begun = time.monotonic()
+    out = hung.stop(timeout_s=1, working_cap_s=60)
+    assert out.killed_after_s is not None and 1 <= out.killed_after_s < 3, out.killed_after_s
+    assert time.monotonic() - begun < 5
+    working = bt.Bpftrace(program)
+    working.start()
+    out = working.stop(timeout_s=0.001, working_cap_s=60)
+    assert out.killed_after_s is None and working.proc is not None
+    assert working.proc.returncode == 0 and "@n" in out.maps
 
 
 def test_syscall_table_maps_known_numbers() -> None:

@@ -324,8 +324,11 @@ class Bpftrace:
             return None
         return (st.utime_ticks + st.stime_ticks) / CLOCK_TICKS
 
-    def stop(self, timeout_s: float = 30.0) -> Output:
-        """SIGINT (bpftrace prints its maps and exits), then SIGKILL if it hangs."""
+    def stop(self, timeout_s: float = 30.0, working_cap_s: float = 120.0) -> Output:
+        """SIGINT (bpftrace detaches, prints its maps and exits), then SIGKILL if it hangs:
+        after `timeout_s`, or, while it still works (uses CPU, or waits in the kernel:
+        detaching and printing on a slow machine; a TCG guest's diagnose lost its maps
+        once), after `working_cap_s`. Killed, its maps are lost."""
         proc = self.proc
         if proc is None:
             return self.output
@@ -333,13 +336,36 @@ class Bpftrace:
             self.tracer_cpu_s = self._cpu_seconds()
             self.stop_ns = time.monotonic_ns()
             proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                # Killed, its BPF programs and maps go with its file descriptors.
-                proc.kill()
-                proc.wait()
-                self.output.killed_after_s = timeout_s
+            begun = time.monotonic()
+            seen_t, seen_cpu = begun, self._cpu_seconds()
+            while True:
+                waited = time.monotonic() - begun
+                try:
+                    proc.wait(min(timeout_s - waited, 0.5) if waited < timeout_s else 0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.monotonic()
+                waited = now - begun
+                if waited < timeout_s:
+                    continue
+                hung = waited >= max(timeout_s, working_cap_s)
+                if not hung and now - seen_t >= 0.5:
+                    cpu = self._cpu_seconds()
+                    # Working: its CPU time went up, or a thread runs or waits in the
+                    # kernel (detaching waits for RCU grace periods). Stopped or asleep
+                    # with no progress: hung.
+                    hung = not (
+                        (cpu is not None and seen_cpu is not None and cpu > seen_cpu + 0.015)
+                        or _in_kernel_or_running(proc.pid)
+                    )
+                    seen_t, seen_cpu = now, cpu
+                if hung:
+                    # Killed, its BPF programs and maps go with its file descriptors.
+                    proc.kill()
+                    proc.wait()
+                    self.output.killed_after_s = round(waited, 1)
+                    break
         if self._reader is not None:
             self._reader.join(timeout=10)
         for line in self._stderr:
@@ -351,6 +377,24 @@ class Bpftrace:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+
+def _in_kernel_or_running(pid: int) -> bool:
+    """Whether a thread of `pid` is running (R) or in uninterruptible sleep (D)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                text = f.read()
+        except OSError:
+            continue
+        state = text[text.rfind(b")") + 2 : text.rfind(b")") + 3]
+        if state in (b"R", b"D"):
+            return True
+    return False
 
 
 @functools.cache

@@ -167,7 +167,8 @@ class SchedAccounting:
         """Ends bpftrace; the seconds it was given if it had to be killed, else None."""
         if self.tracer is None:
             return None
-        out = self.tracer.stop(timeout_s=timeout_s)
+        # Bounded: top's q and the exporter's stop wait no longer for a busy tracer.
+        out = self.tracer.stop(timeout_s=timeout_s, working_cap_s=timeout_s)
         self.tracer = None
         return out.killed_after_s
 
