@@ -326,7 +326,8 @@ class Bpftrace:
 
     def stop(self, timeout_s: float = 30.0, working_cap_s: float = 120.0) -> Output:
         """SIGINT (bpftrace detaches, prints its maps and exits), then SIGKILL if it hangs:
-        after `timeout_s`, or, while it still works (uses CPU, or waits in the kernel:
+        after `timeout_s` once it made no progress for `IDLE_S`, or, while it still works
+        (uses CPU, or waits in the kernel:
         detaching and printing on a slow machine; a TCG guest's diagnose lost its maps
         once), after `working_cap_s`. Killed, its maps are lost."""
         proc = self.proc
@@ -350,16 +351,17 @@ class Bpftrace:
                 if waited < timeout_s:
                     continue
                 hung = waited >= max(timeout_s, working_cap_s)
-                if not hung and now - seen_t >= 0.5:
-                    cpu = self._cpu_seconds()
-                    # Working: its CPU time went up, or a thread runs or waits in the
-                    # kernel (detaching waits for RCU grace periods). Stopped or asleep
-                    # with no progress: hung.
-                    hung = not (
-                        (cpu is not None and seen_cpu is not None and cpu > seen_cpu + 0.015)
-                        or _in_kernel_or_running(proc.pid)
-                    )
+                cpu = self._cpu_seconds()
+                # Working: its CPU time went up, or a thread runs or waits in the kernel
+                # (detaching waits for RCU grace periods). Stopped or asleep with no
+                # progress for IDLE_S: hung (a loaded machine left a working one asleep
+                # for over 0.5 s).
+                if (
+                    cpu is not None and seen_cpu is not None and cpu > seen_cpu + 0.015
+                ) or _in_kernel_or_running(proc.pid):
                     seen_t, seen_cpu = now, cpu
+                elif now - seen_t >= IDLE_S:
+                    hung = True
                 if hung:
                     # Killed, its BPF programs and maps go with its file descriptors.
                     proc.kill()
@@ -377,6 +379,9 @@ class Bpftrace:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+
+IDLE_S = 5.0  # after its timeout, a stopping bpftrace without progress this long is hung
 
 
 def _in_kernel_or_running(pid: int) -> bool:
