@@ -66,6 +66,46 @@ def parse_duration(name: str, value: str | float, low: float = 0.5, high: float 
     return seconds
 
 
+_TIME_UNITS = {"us": 1, "ms": 1000, "s": 1_000_000}
+
+
+def parse_quotas(name: str, value: str) -> tuple[float, ...]:
+    """`0.2,0.3,0.5,1`: quotas in CPUs."""
+    out = []
+    for part in value.split(","):
+        try:
+            q = float(part)
+        except ValueError:
+            raise UsageError(f"{name}: {part!r} is not a number of CPUs") from None
+        if not math.isfinite(q) or not 0.001 <= q <= 4096:
+            raise UsageError(f"{name}: {part!r} is out of range [0.001, 4096] CPUs")
+        out.append(q)
+    return tuple(out)
+
+
+def parse_ratio(name: str, value: str) -> float:
+    """`5%` or `0.05`."""
+    text = value.strip()
+    try:
+        r = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UsageError(f"{name}: {value!r} is not a ratio (5% or 0.05)") from None
+    if not math.isfinite(r) or not 0 <= r < 1:
+        raise UsageError(f"{name}: {value!r} is out of range [0%, 100%)")
+    return r
+
+
+def parse_us(name: str, value: str, default_unit: str, low: int, high: int) -> int:
+    """`100ms`, `0.1s`, `5000us`, or a bare number in `default_unit`: microseconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*", value)
+    if m is None:
+        raise UsageError(f"{name}: {value!r} is not a time (100ms, 0.1s, 5000us)")
+    us = round(float(m.group(1)) * _TIME_UNITS[m.group(2) or default_unit])
+    if not low <= us <= high:
+        raise UsageError(f"{name}: {value!r} is out of range [{low}, {high}] us")
+    return us
+
+
 def parse_listen(name: str, value: str) -> tuple[str, int]:
     """`HOST:PORT` (`[v6]:PORT` for IPv6; `:PORT` is every address) to (host, port)."""
     host, sep, port = value.rpartition(":")

@@ -318,7 +318,8 @@ def request_latencies(
     return out
 
 
-def _latency(values: list[float]) -> dict[str, float] | None:
+def latency_summary(values: list[float]) -> dict[str, float] | None:
+    """{p50, p95} of latencies (ms); None without any."""
     ordered = sorted(values)
     p50, p95 = percentile(ordered, 50), percentile(ordered, 95)
     return {"p50": p50, "p95": p95} if p50 is not None and p95 is not None else None
@@ -399,7 +400,9 @@ def advise(
     burst = burst_cpus or None
 
     def latency(runs: list[_Run]) -> dict[str, float] | None:
-        return _latency(request_latencies(demand, requests, runs, base)) if requests else None
+        return (
+            latency_summary(request_latencies(demand, requests, runs, base)) if requests else None
+        )
 
     predictions = [_prediction(None, None, [base], base, work_ns, latency([base]))]
     asked = sorted(set(quotas) | ({recommended} if recommended is not None else set()))

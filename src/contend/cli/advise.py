@@ -3,8 +3,6 @@ demand by simulating CFS bandwidth control (analysis/advice.py)."""
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 
 import click
@@ -20,47 +18,9 @@ from contend.monitors.demand import demand_of
 from contend.monitors.tracefs_trace import TracefsRun
 from contend.render import advice_text
 from contend.render.json import dumps
-from contend.target import parse_duration
+from contend.target import parse_duration, parse_quotas, parse_ratio, parse_us
 
 DEFAULT_DURATION_S = 10.0
-_UNITS = {"us": 1, "ms": 1000, "s": 1_000_000}
-
-
-def parse_quotas(value: str, name: str = "--quota") -> tuple[float, ...]:
-    """`0.2,0.3,0.5,1`: quotas in CPUs."""
-    out = []
-    for part in value.split(","):
-        try:
-            q = float(part)
-        except ValueError:
-            raise UsageError(f"{name}: {part!r} is not a number of CPUs") from None
-        if not math.isfinite(q) or not 0.001 <= q <= 4096:
-            raise UsageError(f"{name}: {part!r} is out of range [0.001, 4096] CPUs")
-        out.append(q)
-    return tuple(out)
-
-
-def parse_ratio(name: str, value: str) -> float:
-    """`5%` or `0.05`."""
-    text = value.strip()
-    try:
-        r = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise UsageError(f"{name}: {value!r} is not a ratio (5% or 0.05)") from None
-    if not math.isfinite(r) or not 0 <= r < 1:
-        raise UsageError(f"{name}: {value!r} is out of range [0%, 100%)")
-    return r
-
-
-def parse_us(name: str, value: str, default_unit: str, low: int, high: int) -> int:
-    """`100ms`, `0.1s`, `5000us`, or a bare number in `default_unit`: microseconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*", value)
-    if m is None:
-        raise UsageError(f"{name}: {value!r} is not a time (100ms, 0.1s, 5000us)")
-    us = round(float(m.group(1)) * _UNITS[m.group(2) or default_unit])
-    if not low <= us <= high:
-        raise UsageError(f"{name}: {value!r} is out of range [{low}, {high}] us")
-    return us
 
 
 def _notes(run: TracefsRun) -> tuple[str, ...]:
@@ -111,7 +71,7 @@ def command(
     would cause, and the smallest quota that keeps it within the SLO."""
     if fmt not in ("text", "json"):
         raise UsageError(f"--format: {fmt!r} is not text or json")
-    quotas = parse_quotas(quota) if quota is not None else ()
+    quotas = parse_quotas("--quota", quota) if quota is not None else ()
     slo = parse_ratio("--slo-throttled", slo_throttled)
     period_us = parse_us("--period", period, "ms", 1000, 1_000_000)  # cpu.max's range
     burst_us = parse_us("--burst", burst, "ms", 0, 1_000_000) if burst is not None else 0

@@ -8,7 +8,6 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from contend.cli.advise import parse_quotas
 from contend.cli.console import check_distinct, check_output_path, stdout_console, write_output
 from contend.collect import tracefs
 from contend.errors import PermissionNeeded, UsageError
@@ -25,6 +24,7 @@ from contend.target import (
     parse_duration,
     parse_memory,
     parse_positive_int,
+    parse_quotas,
     validate_engine,
 )
 
@@ -181,16 +181,8 @@ def command(
         check_output_path("--html", html_path)
     check_distinct([], {"--json": json_path, "--html": html_path, "--perfetto": perfetto_path})
     if verify_quotas is not None:
-        return _verify_advice(options, verify_quotas, json_path, html_path, perfetto_path)
-    stderr = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr,
-        transient=True,
-    ) as bar:
+        return _verify_advice(options, verify_quotas, json_path, html_path)
+    with _progress_bar() as bar:
         timelines: list[ArmTimeline] = []
         result = run_lab(options, RichProgress(bar), timelines)
     stdout_console().print(render_text.lab_renderable(result))
@@ -219,15 +211,13 @@ def _verify_advice(
     value: str,
     json_path: str | None,
     html_path: str | None,
-    perfetto_path: str | None,
 ) -> int:
-    quotas = parse_quotas(value, "--verify-advice")
+    quotas = parse_quotas("--verify-advice", value)
     if not options.sandbox or options.engine is not None or options.recording:
         raise UsageError("--verify-advice runs its own arms in the sandbox: drop --no-sandbox, "
                          "--engine, --record and --perfetto")  # fmt: skip
     if html_path is not None:
         raise UsageError("--verify-advice writes text and --json, not --html")
-    del perfetto_path
     ok, why = tracefs.available()
     if not ok:
         raise PermissionNeeded(f"--verify-advice records with tracefs: {why}")

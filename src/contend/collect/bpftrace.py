@@ -327,9 +327,8 @@ class Bpftrace:
     def stop(self, timeout_s: float = 30.0, working_cap_s: float = 120.0) -> Output:
         """SIGINT (bpftrace detaches, prints its maps and exits), then SIGKILL if it hangs:
         after `timeout_s` once it made no progress for `IDLE_S`, or, while it still works
-        (uses CPU, or waits in the kernel:
-        detaching and printing on a slow machine; a TCG guest's diagnose lost its maps
-        once), after `working_cap_s`. Killed, its maps are lost."""
+        (uses CPU, or waits in the kernel: detaching and printing on a slow machine),
+        after `working_cap_s`. Killed, its maps are lost."""
         proc = self.proc
         if proc is None:
             return self.output

@@ -27,10 +27,9 @@ from typing import IO, Protocol
 
 import numpy as np
 
-from contend.analysis.advice import advise
+from contend.analysis.advice import advise, latency_summary
 from contend.analysis.compare import compare_arms
 from contend.analysis.diagnosis import analyse_arm
-from contend.analysis.metrics import percentile
 from contend.analysis.verdict import reference_rows, separating_rows
 from contend.collect import bpftrace as bt
 from contend.collect.cgroups import bandwidth_slice_us
@@ -291,14 +290,7 @@ class Lab:
                 recorder = self._start_recorder()
             sampler.start()
             start = time.monotonic_ns()
-            requests = load.run_load(
-                url,
-                rate,
-                opts.duration_s,
-                concurrency=opts.concurrency,
-                timeout_s=opts.request_timeout_s,
-                on_result=self.progress.request_done,
-            )
+            requests = self._load(url, rate)
         finally:
             snapshots = sampler.stop()
             end = time.monotonic_ns()
@@ -495,16 +487,15 @@ class Lab:
         )
 
     def _load(self, url: str, rate: float) -> list[RequestSample]:
+        """One arm's load: the options' duration, concurrency and timeout."""
         opts = self.options
-        return list(
-            load.run_load(
-                url,
-                rate,
-                opts.duration_s,
-                concurrency=opts.concurrency,
-                timeout_s=opts.request_timeout_s,
-                on_result=self.progress.request_done,
-            )
+        return load.run_load(
+            url,
+            rate,
+            opts.duration_s,
+            concurrency=opts.concurrency,
+            timeout_s=opts.request_timeout_s,
+            on_result=self.progress.request_done,
         )
 
     def result(self, records: list[ArmRecord], rate: float, cost_s: float | None) -> LabResult:
@@ -584,9 +575,7 @@ def _waits(run: TracefsRun) -> tuple[CpuSlice, ...]:
 
 
 def _latency_ms(requests: list[RequestSample]) -> dict[str, float] | None:
-    ok = sorted(r.latency_ns / 1e6 for r in requests if r.status == 200)
-    p50, p95 = percentile(ok, 50), percentile(ok, 95)
-    return {"p50": p50, "p95": p95} if p50 is not None and p95 is not None else None
+    return latency_summary([r.latency_ns / 1e6 for r in requests if r.status == 200])
 
 
 def check_advice(

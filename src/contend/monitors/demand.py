@@ -50,9 +50,11 @@ def demand_of(run: TracefsRun) -> Demand:
     order = np.lexsort((start, tid))
     tid, start, end, ran = tid[order], start[order], end[order], ran[order]
     threads = []
-    for t in np.unique(tid).tolist():
-        mine = tid == t
-        st, en, w = start[mine], end[mine], ran[mine]
+    # Sorted by thread: each thread's stretches are one slice (not a mask per thread).
+    firsts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]]) if len(tid) else tid
+    for a, b in zip(firsts.tolist(), [*firsts[1:].tolist(), len(tid)], strict=True):
+        t = int(tid[a])
+        st, en, w = start[a:b], end[a:b], ran[a:b]
         # A new demand where the thread had stopped wanting a CPU (slept) before it.
         reach = np.maximum.accumulate(en)
         new = np.ones(len(st), np.bool_)
